@@ -1,0 +1,41 @@
+"""metricsd_client: emit LLM-app metrics to a metricsd daemon, never slowing the caller down.
+
+Usage::
+
+    from metricsd_client import Emitter
+
+    metrics = Emitter(source="api")            # endpoint: $METRICSD_INGEST or tcp://127.0.0.1:5557
+    metrics.request(412.0, endpoint="/v1/chat/completions", model="gpt-4o",
+                    input_tokens=812, output_tokens=164)
+
+Design (after datadogpy's dogstatsd client; the wire format is SPEC §1 of metricsd):
+
+- **Hot path.** An event method appends one flat tuple ``(type code, ts, fields…)`` to a
+  ``collections.deque`` and returns. It reads the clock when ``ts`` is not given and compares two
+  integers; it builds no dict, packs nothing, touches no socket and takes no lock. If the buffer
+  already holds ``max_buffer`` events, the event is dropped and counted instead. When the buffer
+  reaches ``batch_size`` events, the flusher is woken (once per crossing).
+- **Flusher.** A daemon thread, started on first use, swaps in a fresh deque every
+  ``batch_timeout_seconds`` (or when woken), groups the rows by type and by their label fields
+  (endpoint, model, status, provider, key…), and packs one msgpack frame per cycle: an array of
+  columnar batches ``{"v": 1, "type": T, "cols": {field: [...]}, "const": {field: value}}``.
+  Labels and other fields with one value across a batch go to ``const``; ``None`` is never sent
+  (an omitted field gets the daemon's default). Frames stay under 1 MiB and 10 000 events.
+- **Transport.** A ZeroMQ PUSH socket, sent to with ``NOBLOCK`` and a send high-water mark of
+  ``sndhwm`` frames; frames queue while the daemon is starting. A frame that would block is
+  dropped and its events counted.
+- **Accounting.** :attr:`Emitter.dropped` and :attr:`Emitter.sent` count events over the process's
+  life; drops not yet reported ride along with the next frame that goes through as a
+  ``{"type": "client", "dropped": n}`` event, so loss is visible on the daemon's ``/metrics``.
+- **Never raises.** Every public method swallows its own errors (counting the event as dropped).
+  No daemon, a bad endpoint, an unpackable value: the application carries on.
+- **Lifecycle.** :meth:`Emitter.flush` waits until what was recorded is handed to ZeroMQ;
+  :meth:`Emitter.close` (also run at exit) flushes, stops the thread and closes the socket,
+  letting queued frames leave for at most 0.5 s. After ``os.fork()`` the child starts with an
+  empty buffer and, lazily, its own thread, context and socket (it never uses the parent's).
+"""
+
+from metricsd_client._emitter import DEFAULT_ENDPOINT, Emitter
+
+__all__ = ["DEFAULT_ENDPOINT", "Emitter"]
+__version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""The ``metricsd`` command line (SPEC §6): a thin click layer over config and the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from metricsd import __version__
+from metricsd.config import DEFAULT_INGEST, ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _fail(message: str) -> None:
+    click.echo(f"metricsd: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="metricsd")
+def main() -> None:
+    """metricsd: a metrics daemon for LLM applications."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--http", "http", help="HTTP listen address HOST:PORT (port 0: any free port).")
+@click.option("--ingest", "ingest", multiple=True, help="ZeroMQ endpoint to bind (repeatable).")
+@click.option("--state", "state", help="State file for persistence.")
+@click.option("--token", "token", help="Bearer token required on HTTP and WebSocket routes.")
+@click.option("--insecure", is_flag=True, default=None, help="Allow a non-loopback address without a token.")
+@click.option("--tick", "tick", type=float, help="Seconds between snapshots (default 0.5).")
+@click.option("--max-series", "max_series", type=int, help="Label sets per tracker (default 10000).")
+@click.option("--log-level", "log_level", help="debug, info, warning, error.")
+@click.option("--demo", is_flag=True, default=None, help="Also send built-in synthetic LLM traffic.")
+@click.option("--ready-file", "ready_file", help="Write the bound addresses as JSON once ready.")
+def serve(
+    config_path: str | None,
+    http: str | None,
+    ingest: tuple[str, ...],
+    state: str | None,
+    token: str | None,
+    insecure: bool | None,
+    tick: float | None,
+    max_series: int | None,
+    log_level: str | None,
+    demo: bool | None,
+    ready_file: str | None,
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    overrides: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None and value != ():
+            overrides.setdefault(section, {})[key] = value
+
+    put("http", "listen", http)
+    put("ingest", "endpoints", list(ingest) or None)
+    put("state", "path", state)
+    put("auth", "token", token)
+    put("auth", "insecure", insecure)
+    put("engine", "tick", tick)
+    put("limits", "max_series", max_series)
+    put("log", "level", log_level)
+    put("demo", "enabled", demo)
+    if ready_file is not None:
+        overrides["ready_file"] = ready_file
+    try:
+        config = load_config(config_path, overrides=overrides)
+        from metricsd.app import check_exposure, run
+
+        check_exposure(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(f"cannot start: {exc.strerror or exc}")
+    except Exception as exc:
+        if type(exc).__module__.startswith("zmq"):
+            _fail(f"cannot bind ingest: {exc}")
+        raise
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Validate a config file and print the effective configuration as JSON."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    click.echo(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
+def parse_value(text: str) -> Any:
+    """``key=value`` values: JSON when they parse as JSON, else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@main.command()
+@click.argument("event_type")
+@click.argument("fields", nargs=-1)
+@click.option("--ingest", "endpoint", help="Endpoint to send to (default: METRICSD_INGEST).")
+def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None:
+    """Send one event: metricsd emit request duration_ms=120 model=gpt-4o."""
+    import msgpack
+    import zmq
+
+    event: dict[str, Any] = {"v": 1, "type": event_type}
+    for item in fields:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"expected key=value, got {item!r}")
+        event[key] = parse_value(value)
+    event.setdefault("ts", time.time())
+    target = endpoint or os.environ.get("METRICSD_INGEST") or DEFAULT_INGEST
+    target = target.split(",")[0].strip()
+    context = zmq.Context()
+    sock = context.socket(zmq.PUSH)
+    try:
+        # IMMEDIATE: queue only on a completed connection, so a missing daemon is an error
+        # after SNDTIMEO instead of a message silently waiting in a queue that will be dropped.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDTIMEO, 3000)
+        sock.setsockopt(zmq.LINGER, 3000)
+        sock.connect(target)
+        sock.send(msgpack.packb(event))
+    except zmq.Again:
+        _fail(f"no daemon accepted the event at {target} within 3 s")
+    except zmq.ZMQError as exc:
+        _fail(f"cannot send to {target}: {exc}")
+    finally:
+        sock.close()
+        context.term()
+    click.echo(f"sent {event_type} to {target}")

@@ -1,0 +1,367 @@
+"""Configuration: frozen dataclasses built from defaults, a TOML file, the environment and flags.
+
+Precedence, lowest to highest (SPEC §6): built-in defaults, the TOML file (``--config`` or
+``METRICSD_CONFIG``), environment variables ``METRICSD_<SECTION>_<KEY>``, command-line flags.
+Unknown keys are errors that name the key's path (``ingest.endpoint: unknown key``), so a typo in
+a config file never silently leaves a default in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+DEFAULT_HTTP: Final = "127.0.0.1:9465"
+DEFAULT_INGEST: Final = "tcp://127.0.0.1:5557"
+
+#: OpenTelemetry GenAI semantic-convention bucket bounds (SPEC §3.1), in seconds / tokens / USD.
+DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
+TTFT_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+ITL_BUCKETS: Final = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+TOKEN_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)
+COST_BUCKETS: Final = (0.000001, 0.00001, 0.0001, 0.001, 0.01, 0.1, 1, 10)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key path and what is wrong."""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = DEFAULT_HTTP
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 65536
+    max_ws_clients: int = 1000
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    endpoints: tuple[str, ...] = (DEFAULT_INGEST,)
+    rcvhwm: int = 100_000
+    max_frame_bytes: int = 1 << 20
+    max_events_per_frame: int = 10_000
+    max_string_length: int = 256
+    max_error_message_length: int = 2048
+    max_frames_per_wakeup: int = 256
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token: str = ""
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    path: str = ""
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    tick: float = 0.5
+    slot_seconds: float = 10.0
+    significant_figures: int = 2
+    recent_size: int = 1000
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_series: int = 10_000
+    series_ttl: float = 3600.0
+    max_active_streams: int = 100_000
+    max_patterns: int = 1000
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    compat: bool = True
+    sloth: bool = True
+    naming: str = "llm"
+    duration_buckets: tuple[float, ...] = DURATION_BUCKETS
+    ttft_buckets: tuple[float, ...] = TTFT_BUCKETS
+    itl_buckets: tuple[float, ...] = ITL_BUCKETS
+    token_buckets: tuple[float, ...] = TOKEN_BUCKETS
+    cost_buckets: tuple[float, ...] = COST_BUCKETS
+
+
+@dataclass(frozen=True)
+class ProvidersConfig:
+    """Model-name prefix → provider, for ``request`` events that do not name their provider."""
+
+    prefixes: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "gpt-": "openai",
+            "o1": "openai",
+            "o3": "openai",
+            "o4": "openai",
+            "ft:gpt-": "openai",
+            "text-embedding-": "openai",
+            "dall-e": "openai",
+            "tts-": "openai",
+            "whisper": "openai",
+            "claude": "anthropic",
+            "gemini": "google",
+            "mistral": "mistral",
+            "mixtral": "mistral",
+            "llama": "meta",
+            "meta-llama/": "meta",
+            "command": "cohere",
+            "deepseek": "deepseek",
+        }
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    enabled: bool = False
+    rate: float = 50.0
+
+
+@dataclass(frozen=True)
+class Config:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    ready_file: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain data (for ``check-config``); the token is masked."""
+        data = _plain(dataclasses.asdict(self))
+        if data["auth"]["token"]:
+            data["auth"]["token"] = "***"
+        return typing.cast(dict[str, Any], data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+def _check(config: Config) -> None:
+    """Cross-field checks a type cannot express."""
+    positive = {
+        "engine.tick": config.engine.tick,
+        "engine.slot_seconds": config.engine.slot_seconds,
+        "state.interval": config.state.interval,
+        "limits.series_ttl": config.limits.series_ttl,
+        "demo.rate": config.demo.rate,
+    }
+    for path, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{path}: must be > 0, got {value!r}")
+    for path, ivalue in {
+        "limits.max_series": config.limits.max_series,
+        "limits.max_active_streams": config.limits.max_active_streams,
+        "limits.max_patterns": config.limits.max_patterns,
+        "http.max_body_bytes": config.http.max_body_bytes,
+        "http.max_ws_clients": config.http.max_ws_clients,
+        "ingest.rcvhwm": config.ingest.rcvhwm,
+        "ingest.max_frame_bytes": config.ingest.max_frame_bytes,
+        "ingest.max_events_per_frame": config.ingest.max_events_per_frame,
+        "engine.recent_size": config.engine.recent_size,
+    }.items():
+        if ivalue < 1:
+            raise ConfigError(f"{path}: must be ≥ 1, got {ivalue!r}")
+    if config.engine.significant_figures not in (1, 2, 3):
+        raise ConfigError("engine.significant_figures: must be 1, 2 or 3")
+    if config.log.level.lower() not in _LEVELS:
+        raise ConfigError(f"log.level: must be one of {', '.join(_LEVELS)}")
+    if config.prometheus.naming not in ("llm", "otel"):
+        raise ConfigError("prometheus.naming: must be 'llm' or 'otel'")
+    if not config.ingest.endpoints:
+        raise ConfigError("ingest.endpoints: at least one endpoint is needed")
+    for endpoint in config.ingest.endpoints:
+        if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ConfigError(f"ingest.endpoints: {endpoint!r} is not a tcp://, ipc:// endpoint")
+    split_host_port(config.http.listen, "http.listen")
+    for path, bounds in {
+        "prometheus.duration_buckets": config.prometheus.duration_buckets,
+        "prometheus.ttft_buckets": config.prometheus.ttft_buckets,
+        "prometheus.itl_buckets": config.prometheus.itl_buckets,
+        "prometheus.token_buckets": config.prometheus.token_buckets,
+        "prometheus.cost_buckets": config.prometheus.cost_buckets,
+    }.items():
+        if not bounds or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise ConfigError(f"{path}: must be a non-empty, strictly increasing list")
+
+
+def split_host_port(value: str, path: str = "http.listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{path}: expected HOST:PORT, got {value!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{path}: port must be a number, got {port!r}") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{path}: port must be 0-65535, got {number}")
+    return host.strip("[]"), number
+
+
+# --- building a Config from layers of plain data ----------------------------------------------
+
+
+def _coerce(path: str, tp: Any, value: Any, from_text: bool) -> Any:
+    """Convert ``value`` to the field type ``tp``; raise ConfigError naming ``path``."""
+    origin = typing.get_origin(tp)
+    if from_text and isinstance(value, str) and tp is not str:
+        # Environment variables are text: lists, maps, numbers and booleans come as JSON.
+        if tp is bool:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{path}: expected a boolean, got {value!r}")
+        if origin is tuple and not value.lstrip().startswith("["):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{path}: cannot parse {value!r}") from None
+        from_text = False
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a boolean, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{path}[{i}]", item_tp, v, False) for i, v in enumerate(value))
+    if origin is not None and origin in (Mapping, dict, typing.Mapping):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a table, got {value!r}")
+        for k, v in value.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ConfigError(f"{path}.{k}: expected a string")
+        return types.MappingProxyType(dict(value))
+    raise ConfigError(f"{path}: unsupported type")  # pragma: no cover
+
+
+def _merge(base: Any, layer: Mapping[str, Any], prefix: str, from_text: bool) -> Any:
+    """A copy of dataclass ``base`` with ``layer`` applied; unknown keys raise."""
+    hints = typing.get_type_hints(type(base))
+    known = {f.name for f in dataclasses.fields(base)}
+    changes: dict[str, Any] = {}
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key")
+        current = getattr(base, key)
+        tp = hints[key]
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path}: expected a table, got {value!r}")
+            changes[key] = _merge(current, value, f"{path}.", from_text)
+        else:
+            changes[key] = _coerce(path, tp, value, from_text)
+    return dataclasses.replace(base, **changes)
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``METRICSD_<SECTION>_<KEY>`` → ``{section: {key: text}}``; unknown names are errors."""
+    layer: dict[str, Any] = {}
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for name, value in environ.items():
+        if not name.startswith("METRICSD_") or name in _ENV_IGNORED:
+            continue
+        rest = name[len("METRICSD_") :].lower()
+        if rest in _ENV_SHORTCUTS:
+            section, key = _ENV_SHORTCUTS[rest]
+        else:
+            section, _, key = rest.partition("_")
+            if section == "ready" and key == "file":
+                layer["ready_file"] = value
+                continue
+            if section not in sections or not key:
+                raise ConfigError(f"{name}: unknown setting (no section {section!r})")
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+#: Environment names that clients also read, or that the spec names directly.
+_ENV_SHORTCUTS: Final = {
+    "token": ("auth", "token"),
+    "ingest": ("ingest", "endpoints"),
+    "http": ("http", "listen"),
+}
+_ENV_IGNORED: Final = frozenset({"METRICSD_CONFIG"})
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config: defaults < file < environment < ``overrides`` (the flags)."""
+    environ = os.environ if environ is None else environ
+    config = Config()
+    path = path or environ.get("METRICSD_CONFIG") or None
+    if path:
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        config = _merge(config, data, "", from_text=False)
+    config = _merge(config, _env_layer(environ), "", from_text=True)
+    if overrides:
+        config = _merge(config, overrides, "", from_text=False)
+    _check(config)
+    return typing.cast(Config, config)
+

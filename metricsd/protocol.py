@@ -1,0 +1,491 @@
+"""The wire protocol: one msgpack frame in, validated columnar batches out (SPEC §1).
+
+Pure: no sockets, no asyncio, no clock (the arrival time is passed in). ``decode`` never raises;
+everything an emitter can get wrong comes back as counts by reject reason, and the valid rest of
+the frame is returned. Every frame shape of SPEC §1.2 normalises to the same output, a
+:class:`Batch` per event type and input batch, so the trackers have a single path:
+
+- numeric fields become numpy arrays (``float64``, ``int64`` or ``bool``) when they vary by row,
+  or Python scalars in ``const`` when one value holds for the whole batch;
+- string fields become lists (``str | None``) or a scalar in ``const``;
+- every field of the type's schema is present in exactly one of ``const`` and ``cols``, with its
+  default filled in; optional numeric fields without a default read as NaN (absent);
+- ``api_key`` is replaced by ``key_id`` (SPEC §1.6) and never appears in the output.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+
+from metricsd.schema import EVENT_TYPES, Field
+
+__all__ = [
+    "REASONS",
+    "Batch",
+    "DecodeResult",
+    "Limits",
+    "decode",
+    "hash_key",
+]
+
+PROTOCOL_VERSION: Final = 1
+REASONS: Final = (
+    "decode",
+    "version",
+    "shape",
+    "unknown_type",
+    "missing_field",
+    "bad_value",
+    "too_large",
+    "too_many",
+)
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_INT64_MAX: Final = 2**63 - 1
+_MAX_LABELS: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Ingest limits of SPEC §1.4 (all configurable)."""
+
+    max_frame_bytes: int = 1 << 20
+    max_events: int = 10_000
+    max_string: int = 256
+    max_error_message: int = 2048
+    max_text: int = 256
+
+
+@dataclass(slots=True)
+class Batch:
+    """N validated events of one type. Row i is ``{**const, **{f: cols[f][i]}}``."""
+
+    type: str
+    n: int
+    const: dict[str, Any]
+    cols: dict[str, Any]
+
+    def get(self, name: str) -> Any:
+        """The field as a column (array or list) if it varies, else the constant scalar."""
+        if name in self.cols:
+            return self.cols[name]
+        return self.const.get(name)
+
+    def column(self, name: str, dtype: Any = np.float64) -> np.ndarray[Any, Any]:
+        """The field as a numpy array of length n (constants broadcast; None → NaN)."""
+        if name in self.cols:
+            return np.asarray(self.cols[name], dtype=dtype)
+        value = self.const.get(name)
+        if value is None:
+            value = math.nan
+        return np.full(self.n, value, dtype=dtype)
+
+    def values(self, name: str) -> list[Any]:
+        """The field as a Python list of length n (for strings and other objects)."""
+        if name in self.cols:
+            col = self.cols[name]
+            return col.tolist() if isinstance(col, np.ndarray) else list(col)
+        return [self.const.get(name)] * self.n
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Expand to one dict per event (slow; for tests and low-rate paths)."""
+        columns = {k: self.values(k) for k in self.cols}
+        return [{**self.const, **{k: v[i] for k, v in columns.items()}} for i in range(self.n)]
+
+
+@dataclass(slots=True)
+class DecodeResult:
+    """What one frame gave: valid batches, and rejected events counted by reason."""
+
+    batches: list[Batch] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    truncated: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return sum(b.n for b in self.batches)
+
+
+@functools.lru_cache(maxsize=65536)
+def hash_key(api_key: str) -> str:
+    """``key_id`` for a raw API key: ``k_`` + the first 12 hex chars of its SHA-256."""
+    return "k_" + hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+class _Reject(Exception):
+    """A whole batch or frame is rejected: ``reason`` for ``count`` events."""
+
+    def __init__(self, reason: str, count: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.count = max(1, count)
+
+
+def decode(frame: bytes, now: float, limits: Limits = Limits()) -> DecodeResult:
+    """Decode and validate one frame. Never raises; see the module docstring."""
+    result = DecodeResult()
+    if len(frame) > limits.max_frame_bytes:
+        result.rejected["too_large"] += 1
+        return result
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+    except Exception:  # any malformed input: the msgpack library's errors are not one type
+        result.rejected["decode"] += 1
+        return result
+    try:
+        _decode_frame(obj, now, limits, result)
+    except _Reject as exc:
+        result.batches.clear()
+        result.truncated = 0
+        result.rejected[exc.reason] += exc.count
+    return result
+
+
+def _count_events(obj: Any) -> int:
+    """How many events a frame holds, for counting a whole-frame reject."""
+    if isinstance(obj, dict):
+        return _batch_len(obj) if "cols" in obj else 1
+    if isinstance(obj, list):
+        return sum(_count_events(e) if isinstance(e, dict) else 1 for e in obj)
+    return 1
+
+
+def _batch_len(obj: dict[Any, Any]) -> int:
+    cols = obj.get("cols")
+    if isinstance(cols, dict):
+        lengths = [len(v) for v in cols.values() if isinstance(v, list)]
+        if lengths:
+            return max(lengths)
+    return 1
+
+
+def _decode_frame(obj: Any, now: float, limits: Limits, result: DecodeResult) -> None:
+    if isinstance(obj, dict):
+        if "v" in obj and obj["v"] != PROTOCOL_VERSION:
+            raise _Reject("version", _count_events(obj))
+        elements: list[Any] = [obj]
+    elif isinstance(obj, list):
+        elements = obj
+    else:
+        raise _Reject("shape")
+    total = _count_events(obj)
+    if total > limits.max_events:
+        raise _Reject("too_many", total)
+    plain: dict[str, list[dict[Any, Any]]] = {}
+    for element in elements:
+        if not isinstance(element, dict):
+            result.rejected["shape"] += 1
+            continue
+        if "v" in element and element["v"] != PROTOCOL_VERSION:
+            result.rejected["version"] += _count_events(element)
+            continue
+        type_name = element.get("type")
+        if "cols" in element or "const" in element:
+            try:
+                _columnar(element, now, limits, result)
+            except _Reject as exc:
+                result.rejected[exc.reason] += exc.count
+            continue
+        if type_name is None:
+            result.rejected["shape"] += 1
+        elif not isinstance(type_name, str) or type_name not in EVENT_TYPES:
+            result.rejected["unknown_type"] += 1
+        else:
+            plain.setdefault(type_name, []).append(element)
+    for type_name, events in plain.items():
+        _plain(type_name, events, now, limits, result)
+
+
+def _columnar(obj: dict[Any, Any], now: float, limits: Limits, result: DecodeResult) -> None:
+    n = _batch_len(obj)
+    type_name = obj.get("type")
+    if not isinstance(type_name, str) or type_name not in EVENT_TYPES:
+        raise _Reject("unknown_type" if type_name is not None else "shape", n)
+    cols = obj.get("cols", {})
+    const = obj.get("const", {})
+    if not isinstance(cols, dict) or not isinstance(const, dict):
+        raise _Reject("shape", n)
+    if not cols:
+        n = 1  # a batch of constants only is one event
+    for name, col in cols.items():
+        if not isinstance(col, list) or len(col) != n:
+            raise _Reject("shape", n)
+        if name in ("type", "v"):
+            raise _Reject("shape", n)
+    if "v" in const and const["v"] != PROTOCOL_VERSION:
+        raise _Reject("version", n)
+    merged_const = {k: v for k, v in obj.items() if k not in ("type", "cols", "const", "v")}
+    merged_const.update(const)
+    _build(type_name, n, merged_const, cols, now, limits, result)
+
+
+def _plain(
+    type_name: str, events: list[dict[Any, Any]], now: float, limits: Limits, result: DecodeResult
+) -> None:
+    """Events given as maps: turn them into one columnar batch per type."""
+    schema = EVENT_TYPES[type_name]
+    names = {k for e in events for k in e if k in schema}
+    n = len(events)
+    if n == 1:
+        _build(type_name, 1, {k: events[0][k] for k in names}, {}, now, limits, result)
+        return
+    cols: dict[str, list[Any]] = {}
+    present: dict[str, list[bool]] = {}
+    for name in names:
+        fdef = schema[name]
+        missing = _MISSING
+        col = [e.get(name, missing) for e in events]
+        if any(v is missing for v in col):
+            present[name] = [v is not missing for v in col]
+            col = [fdef.default if v is missing else v for v in col]
+        cols[name] = col
+    _build(type_name, n, {}, cols, now, limits, result, present)
+
+
+_MISSING: Final = object()
+
+
+def _build(
+    type_name: str,
+    n: int,
+    const: dict[Any, Any],
+    cols: dict[Any, list[Any]],
+    now: float,
+    limits: Limits,
+    result: DecodeResult,
+    present: dict[str, list[bool]] | None = None,
+) -> None:
+    """Validate every field of one batch; drop bad rows; emit the batch."""
+    schema = EVENT_TYPES[type_name]
+    bad = np.zeros(n, dtype=np.int8)  # 0 = ok, else 1 + index into REASONS
+    out_const: dict[str, Any] = {}
+    out_cols: dict[str, Any] = {}
+    truncated = [0]
+
+    def reject_rows(mask: np.ndarray[Any, Any] | None, reason: str) -> None:
+        code = REASONS.index(reason) + 1
+        if mask is None:
+            bad[bad == 0] = code
+        else:
+            bad[(bad == 0) & mask] = code
+
+    for name, fdef in schema.items():
+        if name in cols:
+            col = cols[name]
+            if fdef.required and present is not None and name in present:
+                missing_rows = ~np.asarray(present[name], dtype=bool)
+                reject_rows(missing_rows, "missing_field")
+            arr, bad_rows = _check_column(fdef, col, limits, truncated)
+            if bad_rows is not None:
+                reject_rows(bad_rows, "bad_value")
+            out_cols[name] = arr
+        elif name in const:
+            value, ok = _check_scalar(fdef, const[name], limits, truncated)
+            if not ok:
+                reject_rows(None, "bad_value")
+            out_const[name] = value
+        elif fdef.required:
+            reject_rows(None, "missing_field")
+        else:
+            out_const[name] = fdef.default
+    if out_const.get("ts") is None and "ts" not in out_cols:
+        out_const["ts"] = now
+    elif "ts" in out_cols:
+        ts = out_cols["ts"]
+        out_cols["ts"] = np.where(np.isnan(ts), now, ts)
+    _hash_keys(out_const, out_cols)
+    result.truncated += truncated[0]
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        for code, count in zip(*np.unique(bad[bad != 0], return_counts=True), strict=True):
+            result.rejected[REASONS[int(code) - 1]] += int(count)
+        if n_bad == n:
+            return
+        keep = bad == 0
+        out_cols = {
+            k: (v[keep] if isinstance(v, np.ndarray) else [x for x, m in zip(v, keep, strict=True) if m])
+            for k, v in out_cols.items()
+        }
+        n -= n_bad
+    _hoist_constants(out_const, out_cols, n)
+    result.batches.append(Batch(type_name, n, out_const, out_cols))
+
+
+def _hoist_constants(const: dict[str, Any], cols: dict[str, Any], n: int) -> None:
+    """A string column with one value is a constant: trackers then resolve one series per batch."""
+    for name in [k for k, v in cols.items() if isinstance(v, list)]:
+        col = cols[name]
+        first = col[0] if n else None
+        if n == 1 or all(v == first for v in col):
+            const[name] = first
+            del cols[name]
+
+
+def _hash_keys(const: dict[str, Any], cols: dict[str, Any]) -> None:
+    """Replace ``api_key`` by ``key_id`` (SPEC §1.6); a raw key never goes further."""
+    if "api_key" in cols:
+        raw = cols.pop("api_key")
+        ids = cols.get("key_id", [const.get("key_id")] * len(raw))
+        cols["key_id"] = [hash_key(k) if k is not None else i for k, i in zip(raw, ids, strict=True)]
+        const.pop("key_id", None)
+    else:
+        raw_key = const.pop("api_key", None)
+        if raw_key is not None:
+            if "key_id" in cols:
+                del cols["key_id"]
+            const["key_id"] = hash_key(raw_key)
+
+
+def _string_limit(kind: str, limits: Limits) -> int:
+    if kind == "longstr":
+        return limits.max_error_message
+    if kind == "text":
+        return limits.max_text
+    return limits.max_string
+
+
+def _check_scalar(fdef: Field, value: Any, limits: Limits, truncated: list[int]) -> tuple[Any, bool]:
+    """Validate one value. Returns (normalised value, ok)."""
+    kind = fdef.kind
+    if value is None:
+        return (fdef.default, not fdef.required)
+    if kind in ("float", "nnfloat", "count", "int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return (None, False)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return (None, False)
+            if kind in ("count", "int"):
+                if value != int(value):
+                    return (None, False)
+                value = int(value)
+        elif abs(value) > _INT64_MAX:
+            return (None, False)
+        if kind in ("nnfloat", "count") and value < 0:
+            return (None, False)
+        return (float(value) if kind in ("float", "nnfloat") else int(value), True)
+    if kind == "bool":
+        return (value, isinstance(value, bool))
+    if kind in ("str", "longstr", "text", "enum", "name"):
+        if not isinstance(value, str):
+            return (None, False)
+        if kind == "enum":
+            return (value, value in fdef.choices)
+        if kind == "name":
+            return (value, len(value) <= limits.max_string and bool(_METRIC_NAME.match(value)))
+        limit = _string_limit(kind, limits)
+        if len(value) > limit:
+            truncated[0] += 1
+            value = value[:limit]
+        return (value, True)
+    if kind == "labels":
+        return _check_labels(value, limits, truncated)
+    if kind == "images":
+        return _check_images(value, limits, truncated)
+    return (None, False)  # pragma: no cover - every kind is handled above
+
+
+def _check_labels(value: Any, limits: Limits, truncated: list[int]) -> tuple[Any, bool]:
+    if not isinstance(value, dict) or len(value) > _MAX_LABELS:
+        return (None, False)
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not _METRIC_NAME.match(k):
+            return (None, False)
+        if k.startswith("__"):
+            return (None, False)
+        if len(v) > limits.max_string:
+            truncated[0] += 1
+            v = v[: limits.max_string]
+        out[k] = v
+    return (out, True)
+
+
+def _check_images(value: Any, limits: Limits, truncated: list[int]) -> tuple[Any, bool]:
+    if not isinstance(value, dict):
+        return (None, False)
+    size, quality, n = value.get("size", "1024x1024"), value.get("quality", "standard"), value.get("n", 1)
+    if not isinstance(size, str) or not isinstance(quality, str):
+        return (None, False)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n > _INT64_MAX:
+        return (None, False)
+    if len(size) > limits.max_string or len(quality) > limits.max_string:
+        truncated[0] += 1
+    return ({"size": size[: limits.max_string], "quality": quality[: limits.max_string], "n": n}, True)
+
+
+_NUMPY_DTYPE: Final = {"float": np.float64, "nnfloat": np.float64, "count": np.int64, "int": np.int64}
+
+
+def _check_column(
+    fdef: Field, col: list[Any], limits: Limits, truncated: list[int]
+) -> tuple[Any, np.ndarray[Any, Any] | None]:
+    """Validate a column. Returns (normalised column, mask of bad rows or None)."""
+    kind = fdef.kind
+    if kind in _NUMPY_DTYPE:
+        fast = _numeric_fast(fdef, col)
+        if fast is not None:
+            return fast
+    elif kind == "bool":
+        if all(type(v) is bool for v in col):
+            return np.array(col, dtype=bool), None
+    elif kind in ("str", "longstr", "text"):
+        limit = _string_limit(kind, limits)
+        if all(type(v) is str and len(v) <= limit for v in col):
+            return col, None
+    # Slow path: value by value, so each bad row is found and the good ones kept.
+    values: list[Any] = []
+    bad_rows = np.zeros(len(col), dtype=bool)
+    for i, v in enumerate(col):
+        if v is None and not fdef.required and fdef.default is None:
+            values.append(None)
+            continue
+        value, ok = _check_scalar(fdef, v, limits, truncated)
+        if not ok:
+            bad_rows[i] = True
+        values.append(value if ok else fdef.default)
+    if kind in _NUMPY_DTYPE:
+        dtype = _NUMPY_DTYPE[kind]
+        filler = math.nan if dtype is np.float64 else 0
+        arr = np.array([filler if v is None else v for v in values], dtype=dtype)
+        return arr, (bad_rows if bad_rows.any() else None)
+    if kind == "bool":
+        return np.array([bool(v) for v in values], dtype=bool), (bad_rows if bad_rows.any() else None)
+    return values, (bad_rows if bad_rows.any() else None)
+
+
+def _numeric_fast(fdef: Field, col: list[Any]) -> tuple[Any, np.ndarray[Any, Any] | None] | None:
+    """Numeric column without a per-value Python loop; None when the slow path must decide."""
+    try:
+        arr = np.array(col)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    if arr.dtype.kind not in "iuf" or arr.ndim != 1:
+        return None  # strings, None, bools, nested lists, big ints: check value by value
+    kind = fdef.kind
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if kind in ("count", "int"):
+            with np.errstate(invalid="ignore"):
+                bad |= arr != np.floor(arr)
+                bad |= np.abs(arr) > 9.2e18
+            arr = np.where(bad, 0, arr).astype(np.int64)
+    elif arr.dtype.kind == "u":
+        if arr.max(initial=0) > _INT64_MAX:
+            return None
+        bad = np.zeros(len(arr), dtype=bool)
+    else:
+        bad = np.zeros(len(arr), dtype=bool)
+    if kind in ("nnfloat", "count"):
+        with np.errstate(invalid="ignore"):
+            bad |= arr < 0
+    arr = arr.astype(_NUMPY_DTYPE[kind], copy=False)
+    return arr, (bad if bad.any() else None)

@@ -215,6 +215,8 @@ def _columnar(obj: dict[Any, Any], now: float, limits: Limits, result: DecodeRes
         raise _Reject("shape", n)
     if not cols:
         n = 1  # a batch of constants only is one event
+    elif n == 0:
+        return  # empty columns: no events, nothing to count
     for name, col in cols.items():
         if not isinstance(col, list) or len(col) != n:
             raise _Reject("shape", n)
@@ -247,7 +249,7 @@ def _plain(
             present[name] = [v is not missing for v in col]
             col = [fdef.default if v is missing else v for v in col]
         cols[name] = col
-    _build(type_name, n, {}, cols, now, limits, result, present)
+    _build(type_name, n, {}, cols, now, limits, result, present, strict=True)
 
 
 _MISSING: Final = object()
@@ -262,8 +264,13 @@ def _build(
     limits: Limits,
     result: DecodeResult,
     present: dict[str, list[bool]] | None = None,
+    strict: bool = False,
 ) -> None:
-    """Validate every field of one batch; drop bad rows; emit the batch."""
+    """Validate every field of one batch; drop bad rows; emit the batch.
+
+    ``strict`` (events sent as maps) checks every numeric value's type; columnar batches go
+    through numpy's conversion, where a boolean in a numeric column reads as 0 or 1.
+    """
     schema = EVENT_TYPES[type_name]
     bad = np.zeros(n, dtype=np.int8)  # 0 = ok, else 1 + index into REASONS
     out_const: dict[str, Any] = {}
@@ -283,7 +290,7 @@ def _build(
             if fdef.required and present is not None and name in present:
                 missing_rows = ~np.asarray(present[name], dtype=bool)
                 reject_rows(missing_rows, "missing_field")
-            arr, bad_rows = _check_column(fdef, col, limits, truncated)
+            arr, bad_rows = _check_column(fdef, col, limits, truncated, strict)
             if bad_rows is not None:
                 reject_rows(bad_rows, "bad_value")
             out_cols[name] = arr
@@ -426,12 +433,12 @@ _NUMPY_DTYPE: Final = {"float": np.float64, "nnfloat": np.float64, "count": np.i
 
 
 def _check_column(
-    fdef: Field, col: list[Any], limits: Limits, truncated: list[int]
+    fdef: Field, col: list[Any], limits: Limits, truncated: list[int], strict: bool = False
 ) -> tuple[Any, np.ndarray[Any, Any] | None]:
     """Validate a column. Returns (normalised column, mask of bad rows or None)."""
     kind = fdef.kind
     if kind in _NUMPY_DTYPE:
-        fast = _numeric_fast(fdef, col)
+        fast = None if strict and any(type(v) is bool for v in col) else _numeric_fast(fdef, col)
         if fast is not None:
             return fast
     elif kind == "bool":

@@ -255,7 +255,7 @@ class Emitter:
         stream_id: str,
         *,
         n: int | None = 1,
-        bytes: int | None = None,  # noqa: A002 (the spec's field name)
+        bytes: int | None = None,  # the spec's field name (shadows the builtin here)
         text: str | None = None,
         endpoint: str | None = None,
         model: str | None = None,

@@ -21,8 +21,12 @@ recorded minus its ``None`` fields, plus ``source`` and ``v``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+import operator
+from collections import defaultdict
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import compress
 from operator import itemgetter
 from typing import Any, Final
 
@@ -75,18 +79,19 @@ class EventSpec:
     """The row layout of one event type.
 
     ``fields[i]`` is the wire name of ``row[i + 1]`` (``row[0]`` is the type code). ``labels`` are
-    the fields grouped on; ``key`` computes a row's hashable group key from them.
+    the fields grouped on.
     """
 
     code: int
     type: str
     fields: tuple[str, ...]
     labels: tuple[str, ...]
-    key: Callable[[Row], Hashable]
     #: Row indices of the label fields (for ``const``).
     label_idx: tuple[int, ...]
-    #: Row indices of the non-label fields (for ``cols`` or folded ``const``), ``ts`` first.
+    #: Row indices of the non-label fields (for ``cols`` or folded ``const``), ``ts`` (1) first.
     value_idx: tuple[int, ...]
+    #: Row indices of label fields whose values are mappings (hashed as frozensets).
+    freeze_idx: frozenset[int]
 
 
 def _freeze(value: Any) -> Hashable:
@@ -101,17 +106,8 @@ def _spec(code: int, type_: str, own: Sequence[str], labels: Sequence[str]) -> E
     all_labels = (*labels, *_COMMON_LABELS)
     label_idx = tuple(fields.index(name) + 1 for name in all_labels)
     value_idx = tuple(i + 1 for i, name in enumerate(fields) if name not in all_labels)
-    key: Callable[[Row], Hashable]
-    if type_ == "metric":
-        li = fields.index("labels") + 1
-        getter = itemgetter(*(i for i in label_idx if i != li))
-
-        def key(row: Row) -> Hashable:
-            return (getter(row), _freeze(row[li]))
-
-    else:
-        key = itemgetter(*label_idx)
-    return EventSpec(code, type_, fields, all_labels, key, label_idx, value_idx)
+    freeze_idx = frozenset(fields.index(name) + 1 for name in all_labels if name == "labels")
+    return EventSpec(code, type_, fields, all_labels, label_idx, value_idx, freeze_idx)
 
 
 #: Row layouts by type code. The emitter methods build their tuples in exactly this order.
@@ -203,96 +199,126 @@ def new_packer() -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True, default=_default)
 
 
-def _group(spec: EventSpec, rows: list[Row]) -> Iterable[list[Row]]:
-    """Split rows of one type by label values (order within a group is kept)."""
-    key = spec.key
-    groups: dict[Hashable, list[Row]] = {}
+_first = itemgetter(0)
+_is_none = partial(operator.is_, None)
+#: Above this many distinct keys, partition with one dict pass instead of one C pass per key.
+_FEW_KEYS: Final = 8
+
+
+def _partition(rows: list[Row], keys: list[Any]) -> list[list[Row]]:
+    """Split rows by key, groups in order of first appearance, rows in order within a group.
+
+    Mostly C loops: the common flush has one or a few distinct keys, and then each group is one
+    ``compress`` pass. Raises TypeError when a key is unhashable.
+    """
+    distinct = dict.fromkeys(keys)
+    if len(distinct) == 1:
+        return [rows]
+    if len(distinct) <= _FEW_KEYS:
+        # Keys are tuples or ints, compared with their own kind: __eq__ is a plain bool.
+        return [list(compress(rows, map(k.__eq__, keys))) for k in distinct]
+    groups: defaultdict[Any, list[Row]] = defaultdict(list)
+    for k, r in zip(keys, rows, strict=True):
+        groups[k].append(r)
+    return list(groups.values())
+
+
+def _transpose(rows: list[Row]) -> list[Row]:
+    """Columns of rows of one type (``cols[i]`` holds every row's ``row[i]``)."""
+    return list(zip(*rows, strict=True))
+
+
+def _group(spec: EventSpec, rows: list[Row]) -> list[tuple[list[Row], list[Row]]]:
+    """Split rows of one type by their label values: ``(rows, columns)`` per group.
+
+    The common case, every label the same in every row, costs one ``count`` per label column;
+    otherwise the key is made of the labels that vary only.
+    """
+    cols = _transpose(rows)
+    n = len(rows)
+    varying = [i for i in spec.label_idx if cols[i].count(cols[i][0]) != n]
+    if not varying:
+        return [(rows, cols)]
+    key_cols = [map(_freeze, cols[i]) if i in spec.freeze_idx else cols[i] for i in varying]
     try:
-        for r in rows:
-            k = key(r)
-            g = groups.get(k)
-            if g is None:
-                groups[k] = [r]
-            else:
-                g.append(r)
+        parts = _partition(rows, list(zip(*key_cols, strict=True)))
     except TypeError:
-        # An unhashable label (a list as a model name…): key row by row; a row whose key cannot
-        # be hashed becomes a group of its own, and the packer decides whether it can be sent.
-        groups = {}
+        # An unhashable label (a list as a model name…): a row whose key cannot be hashed
+        # becomes a group of its own, and the packer decides whether it can be sent.
+        keys: list[Any] = []
         for j, r in enumerate(rows):
             try:
-                k = key(r)
+                k: Any = tuple(_freeze(r[i]) for i in varying)
                 hash(k)
             except TypeError:
                 k = ("\0unhashable", j)
-            g = groups.get(k)
-            if g is None:
-                groups[k] = [r]
-            else:
-                g.append(r)
-    return groups.values()
+            keys.append(k)
+        parts = _partition(rows, keys)
+    return [(part, _transpose(part)) for part in parts]
 
 
-def _split_on_none(spec: EventSpec, rows: list[Row]) -> Iterable[tuple[list[Row], list[Row]]]:
-    """Yield ``(rows, columns)`` pieces in which every field is None in all rows or in none."""
-    cols: list[Row] = list(zip(*rows, strict=True))
+def _build(
+    spec: EventSpec, rows: list[Row], cols: list[Row], source: str
+) -> list[tuple[list[Row], dict[str, Any]]]:
+    """Columnar batches for rows that agree on their labels: one, or more if split on None.
+
+    ``cols`` is the transposition of ``rows``. Each value field is, over the rows: ``None``
+    everywhere (omitted), one value of one type (``const``; never ``ts``, so a batch always
+    has a column), varying without ``None`` (a column), or ``None`` in some rows only: then the
+    rows are split by which of those fields are ``None`` and each part is built alone.
+    """
     n = len(rows)
-    mixed = [i for i in spec.value_idx if 0 < cols[i].count(None) < n]
-    if not mixed:
-        yield rows, cols
-        return
-    parts: dict[tuple[bool, ...], list[Row]] = {}
-    for r in rows:
-        mask = tuple([r[i] is None for i in mixed])
-        p = parts.get(mask)
-        if p is None:
-            parts[mask] = [r]
-        else:
-            p.append(r)
-    for part in parts.values():
-        yield part, list(zip(*part, strict=True))
-
-
-def _batch(spec: EventSpec, rows: Sequence[Row], cols: Sequence[Row], source: str) -> dict[str, Any]:
-    """One columnar batch (SPEC §1.2 shape 3) from rows that agree on labels and None-ness."""
     fields = spec.fields
     first = rows[0]
-    n = len(rows)
     const: dict[str, Any] = {"source": source}
     for i in spec.label_idx:
         v = first[i]
         if v is not None:
             const[fields[i - 1]] = v
     out_cols: dict[str, Any] = {}
+    mixed: list[int] = []
     for i in spec.value_idx:
-        v = first[i]
         col = cols[i]
-        if v is None:
-            continue  # None in every row (the group was split on None-ness): omitted
-        if i != 1 and col.count(v) == n and (n == 1 or len(set(map(type, col))) == 1):
-            const[fields[i - 1]] = v
-        else:
-            out_cols[fields[i - 1]] = col
-    return {"v": PROTOCOL_VERSION, "type": spec.type, "cols": out_cols, "const": const}
+        v = col[0]
+        if col.count(v) == n:
+            if v is None:
+                continue
+            if i != 1 and (n == 1 or len(set(map(type, col))) == 1):
+                const[fields[i - 1]] = v
+                continue
+        elif v is None or None in col:
+            mixed.append(i)
+            continue
+        out_cols[fields[i - 1]] = col
+    if mixed:
+        masks = list(zip(*(map(_is_none, cols[i]) for i in mixed), strict=True))
+        out: list[tuple[list[Row], dict[str, Any]]] = []
+        for part in _partition(rows, masks):
+            out.extend(_build(spec, part, _transpose(part), source))
+        return out
+    return [(rows, {"v": PROTOCOL_VERSION, "type": spec.type, "cols": out_cols, "const": const})]
 
 
 def _pack(
     spec: EventSpec,
-    rows: Sequence[Row],
-    cols: Sequence[Row] | None,
+    rows: list[Row],
+    batch: dict[str, Any] | None,
     source: str,
     packer: msgpack.Packer,
     out: list[tuple[int, bytes]],
 ) -> int:
-    """Pack rows as one batch, halving on failure or excess size; return the rows dropped."""
+    """Pack one batch, halving it on failure or excess size; return the rows dropped."""
     n = len(rows)
+    data: bytes | None = None
     try:
-        if cols is None:
-            cols = list(zip(*rows, strict=True))
-        data: bytes | None = packer.pack(_batch(spec, rows, cols, source))
+        if batch is None:
+            built = _build(spec, rows, _transpose(rows), source)
+            if len(built) != 1:  # cannot happen: halves of a built batch agree on None-ness
+                return sum(_pack(spec, r, b, source, packer, out) for r, b in built)
+            batch = built[0][1]
+        data = packer.pack(batch)
     except Exception:
         packer.reset()
-        data = None
     if data is not None and len(data) <= MAX_PAYLOAD_BYTES:
         out.append((n, data))
         return 0
@@ -305,42 +331,32 @@ def _pack(
 
 
 def encode(
-    rows: Iterable[Row], source: str, packer: msgpack.Packer
+    rows: list[Row], source: str, packer: msgpack.Packer
 ) -> tuple[list[tuple[int, bytes]], int]:
     """Encode rows into packed batches ``(n_events, bytes)``; also return the rows dropped.
 
     Each packed batch holds at most :data:`MAX_BATCH_ROWS` events and
     :data:`MAX_PAYLOAD_BYTES` bytes, so any one of them fits in a frame with a drop report.
     """
-    by_type: dict[Any, list[Row]] = {}
-    for r in rows:
-        t = r[0]
-        b = by_type.get(t)
-        if b is None:
-            by_type[t] = [r]
-        else:
-            b.append(r)
     out: list[tuple[int, bytes]] = []
     dropped = 0
-    for code, typed in by_type.items():
+    if not rows:
+        return out, dropped
+    for typed in _partition(rows, list(map(_first, rows))):
         try:
-            spec = SPECS[code]
+            spec = SPECS[typed[0][0]]
         except (IndexError, TypeError):
             dropped += len(typed)
             continue
-        for group in _group(spec, typed):
+        for start in range(0, len(typed), MAX_BATCH_ROWS):
+            chunk = typed[start : start + MAX_BATCH_ROWS] if len(typed) > MAX_BATCH_ROWS else typed
             try:
-                pieces = list(_split_on_none(spec, group))
+                built = [b for g, c in _group(spec, chunk) for b in _build(spec, g, c, source)]
             except Exception:
-                dropped += len(group)
+                dropped += len(chunk)
                 continue
-            for part, cols in pieces:
-                if len(part) <= MAX_BATCH_ROWS:
-                    dropped += _pack(spec, part, cols, source, packer, out)
-                else:
-                    for s in range(0, len(part), MAX_BATCH_ROWS):
-                        chunk = part[s : s + MAX_BATCH_ROWS]
-                        dropped += _pack(spec, chunk, None, source, packer, out)
+            for part, batch in built:
+                dropped += _pack(spec, part, batch, source, packer, out)
     return out, dropped
 
 

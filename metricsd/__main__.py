@@ -1,0 +1,5 @@
+"""``python -m metricsd`` is the ``metricsd`` command."""
+
+from metricsd.cli import main
+
+main()

@@ -68,8 +68,9 @@ class Daemon:
         check_exposure(self.config)
         endpoints = self.ingest.bind()
         host, port = split_host_port(self.config.http.listen)
-        app = build_app(self.engine, self.requests, self.config.auth.token,
-                        self.config.http.max_body_bytes)
+        app = build_app(
+            self.engine, self.requests, self.config.auth.token, self.config.http.max_body_bytes
+        )
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
@@ -83,9 +84,11 @@ class Daemon:
         if self.config.demo.enabled:
             from metricsd.demo import run_demo
 
-            self.tasks.append(asyncio.create_task(
-                run_demo(self.context, endpoints[0], self.config.demo.rate), name="demo"
-            ))
+            self.tasks.append(
+                asyncio.create_task(
+                    run_demo(self.context, endpoints[0], self.config.demo.rate), name="demo"
+                )
+            )
         log.info("metricsd ready http=%s ingest=%s", self.http_url, ",".join(endpoints))
         if self.config.ready_file:
             path = Path(self.config.ready_file)

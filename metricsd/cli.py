@@ -33,11 +33,17 @@ def main() -> None:
 @click.option("--ingest", "ingest", multiple=True, help="ZeroMQ endpoint to bind (repeatable).")
 @click.option("--state", "state", help="State file for persistence.")
 @click.option("--token", "token", help="Bearer token required on HTTP and WebSocket routes.")
-@click.option("--insecure", is_flag=True, default=None, help="Allow a non-loopback address without a token.")
+@click.option(
+    "--insecure", is_flag=True, default=None, help="Allow a non-loopback address without a token."
+)
 @click.option("--tick", "tick", type=float, help="Seconds between snapshots (default 0.5).")
-@click.option("--max-series", "max_series", type=int, help="Label sets per tracker (default 10000).")
+@click.option(
+    "--max-series", "max_series", type=int, help="Label sets per tracker (default 10000)."
+)
 @click.option("--log-level", "log_level", help="debug, info, warning, error.")
-@click.option("--demo", is_flag=True, default=None, help="Also send built-in synthetic LLM traffic.")
+@click.option(
+    "--demo", is_flag=True, default=None, help="Also send built-in synthetic LLM traffic."
+)
 @click.option("--ready-file", "ready_file", help="Write the bound addresses as JSON once ready.")
 def serve(
     config_path: str | None,

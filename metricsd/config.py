@@ -9,6 +9,7 @@ a config file never silently leaves a default in force.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import tomllib
@@ -26,14 +27,55 @@ DEFAULT_INGEST: Final = "tcp://127.0.0.1:5557"
 
 #: OpenTelemetry GenAI semantic-convention bucket bounds (SPEC §3.1), in seconds / tokens / USD.
 DURATION_BUCKETS: Final = (
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
 )
 TTFT_BUCKETS: Final = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
 )
 ITL_BUCKETS: Final = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 TOKEN_BUCKETS: Final = (
-    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
 )
 COST_BUCKETS: Final = (0.000001, 0.00001, 0.0001, 0.001, 0.01, 0.1, 1, 10)
 
@@ -216,7 +258,7 @@ def _check(config: Config) -> None:
         "prometheus.token_buckets": config.prometheus.token_buckets,
         "prometheus.cost_buckets": config.prometheus.cost_buckets,
     }.items():
-        if not bounds or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+        if not bounds or any(b <= a for a, b in itertools.pairwise(bounds)):
             raise ConfigError(f"{path}: must be a non-empty, strictly increasing list")
 
 
@@ -364,4 +406,3 @@ def load_config(
         config = _merge(config, overrides, "", from_text=False)
     _check(config)
     return typing.cast(Config, config)
-

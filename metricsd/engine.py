@@ -29,7 +29,10 @@ class Tracker(Protocol):
     name: str
     event_types: frozenset[str]
 
-    def apply(self, batch: Batch, now: float, wall: float) -> None: ...
+    def apply(self, batch: Batch, now: float, wall: float) -> list[Batch] | None:
+        """Record a batch. May return derived batches (e.g. the ``request`` outcomes of
+        finished streams), which the engine hands to every *other* tracker of their type."""
+        ...
 
     def families(self, now: float) -> list[Family]: ...
 
@@ -79,6 +82,7 @@ class Engine:
         self.events_invalid: Counter[str] = Counter()
         self.strings_truncated = 0
         self.client_dropped: Counter[str] = Counter()
+        self.events_derived: Counter[str] = Counter()
         self.ws_clients = 0
         self.ws_dropped_updates = 0
         self.tick_seconds = 0.0
@@ -103,7 +107,13 @@ class Engine:
         if batch.type == "client":
             self._client(batch)
         for tracker in self._routes[batch.type]:
-            tracker.apply(batch, now, wall)
+            derived = tracker.apply(batch, now, wall)
+            if derived:
+                for extra in derived:
+                    self.events_derived[extra.type] += extra.n
+                    for other in self._routes[extra.type]:
+                        if other is not tracker:
+                            other.apply(extra, now, wall)
 
     def reject_frame(self, reason: str, count: int = 1) -> None:
         """A frame refused before decoding (e.g. a multipart message)."""
@@ -185,8 +195,20 @@ class Engine:
             "process_start_time_seconds", "gauge", "Start time of the process since unix epoch."
         )
         start.add(self.started_wall)
-        return [frames, events, invalid, truncated, dropped, series, overflow, ws, tick, build,
-                start, *_process_families()]
+        return [
+            frames,
+            events,
+            invalid,
+            truncated,
+            dropped,
+            series,
+            overflow,
+            ws,
+            tick,
+            build,
+            start,
+            *_process_families(),
+        ]
 
 
 def _process_families() -> list[Family]:

@@ -64,9 +64,7 @@ class Layout:
         """Per counts index: the lowest equivalent value and the width of its value range."""
         h = self._template
         lowest = np.array([h.get_value_from_index(i) for i in range(self.counts_len)], np.int64)
-        width = np.array(
-            [h._hdr_size_of_equiv_value_range(int(v)) for v in lowest], dtype=np.int64
-        )
+        width = np.array([h._hdr_size_of_equiv_value_range(int(v)) for v in lowest], dtype=np.int64)
         return lowest, width
 
     @cached_property

@@ -38,7 +38,7 @@ class Ingest:
         # the daemon buffer an arbitrarily large message.
         self.socket.setsockopt(zmq.MAXMSGSIZE, max(16 << 20, 4 * config.max_frame_bytes))
         # A synchronous view of the same socket: draining with NOBLOCK needs no Future per frame.
-        self._sync = zmq.Socket.shadow(self.socket.underlying)
+        self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.socket.underlying)
         self.endpoints: list[str] = []
         self._stopping = False
 

@@ -73,6 +73,25 @@ class Batch:
     const: dict[str, Any]
     cols: dict[str, Any]
 
+    @classmethod
+    def derived(cls, type_name: str, n: int, **fields: Any) -> Batch:
+        """A batch made inside the daemon (e.g. the request outcome of a finished stream).
+
+        Arrays and lists of length n become columns, anything else a constant; every schema
+        field not given gets its default, so trackers read it like a decoded batch.
+        """
+        const: dict[str, Any] = {}
+        cols: dict[str, Any] = {}
+        for name, value in fields.items():
+            if isinstance(value, (np.ndarray, list)) and len(value) == n:
+                cols[name] = value
+            else:
+                const[name] = value
+        for name, fdef in EVENT_TYPES[type_name].items():
+            if name not in const and name not in cols and name != "api_key":
+                const[name] = fdef.default
+        return cls(type_name, n, const, cols)
+
     def get(self, name: str) -> Any:
         """The field as a column (array or list) if it varies, else the constant scalar."""
         if name in self.cols:
@@ -318,7 +337,11 @@ def _build(
             return
         keep = bad == 0
         out_cols = {
-            k: (v[keep] if isinstance(v, np.ndarray) else [x for x, m in zip(v, keep, strict=True) if m])
+            k: (
+                v[keep]
+                if isinstance(v, np.ndarray)
+                else [x for x, m in zip(v, keep, strict=True) if m]
+            )
             for k, v in out_cols.items()
         }
         n -= n_bad
@@ -341,13 +364,14 @@ def _hash_keys(const: dict[str, Any], cols: dict[str, Any]) -> None:
     if "api_key" in cols:
         raw = cols.pop("api_key")
         ids = cols.get("key_id", [const.get("key_id")] * len(raw))
-        cols["key_id"] = [hash_key(k) if k is not None else i for k, i in zip(raw, ids, strict=True)]
+        cols["key_id"] = [
+            hash_key(k) if k is not None else i for k, i in zip(raw, ids, strict=True)
+        ]
         const.pop("key_id", None)
     else:
         raw_key = const.pop("api_key", None)
         if raw_key is not None:
-            if "key_id" in cols:
-                del cols["key_id"]
+            cols.pop("key_id", None)
             const["key_id"] = hash_key(raw_key)
 
 
@@ -359,7 +383,9 @@ def _string_limit(kind: str, limits: Limits) -> int:
     return limits.max_string
 
 
-def _check_scalar(fdef: Field, value: Any, limits: Limits, truncated: list[int]) -> tuple[Any, bool]:
+def _check_scalar(
+    fdef: Field, value: Any, limits: Limits, truncated: list[int]
+) -> tuple[Any, bool]:
     """Validate one value. Returns (normalised value, ok)."""
     kind = fdef.kind
     if value is None:
@@ -419,17 +445,29 @@ def _check_labels(value: Any, limits: Limits, truncated: list[int]) -> tuple[Any
 def _check_images(value: Any, limits: Limits, truncated: list[int]) -> tuple[Any, bool]:
     if not isinstance(value, dict):
         return (None, False)
-    size, quality, n = value.get("size", "1024x1024"), value.get("quality", "standard"), value.get("n", 1)
+    size, quality, n = (
+        value.get("size", "1024x1024"),
+        value.get("quality", "standard"),
+        value.get("n", 1),
+    )
     if not isinstance(size, str) or not isinstance(quality, str):
         return (None, False)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n > _INT64_MAX:
         return (None, False)
     if len(size) > limits.max_string or len(quality) > limits.max_string:
         truncated[0] += 1
-    return ({"size": size[: limits.max_string], "quality": quality[: limits.max_string], "n": n}, True)
+    return (
+        {"size": size[: limits.max_string], "quality": quality[: limits.max_string], "n": n},
+        True,
+    )
 
 
-_NUMPY_DTYPE: Final = {"float": np.float64, "nnfloat": np.float64, "count": np.int64, "int": np.int64}
+_NUMPY_DTYPE: Final = {
+    "float": np.float64,
+    "nnfloat": np.float64,
+    "count": np.int64,
+    "int": np.int64,
+}
 
 
 def _check_column(
@@ -465,7 +503,9 @@ def _check_column(
         arr = np.array([filler if v is None else v for v in values], dtype=dtype)
         return arr, (bad_rows if bad_rows.any() else None)
     if kind == "bool":
-        return np.array([bool(v) for v in values], dtype=bool), (bad_rows if bad_rows.any() else None)
+        return np.array([bool(v) for v in values], dtype=bool), (
+            bad_rows if bad_rows.any() else None
+        )
     return values, (bad_rows if bad_rows.any() else None)
 
 

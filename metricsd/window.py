@@ -204,7 +204,12 @@ class _Slot:
         self.max = -math.inf
 
     def add(
-        self, packed: npt.NDArray[np.uint64], count: int, total: float, lo: float, hi: float,
+        self,
+        packed: npt.NDArray[np.uint64],
+        count: int,
+        total: float,
+        lo: float,
+        hi: float,
         length: int,
     ) -> None:
         self.chunks.append(packed)

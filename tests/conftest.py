@@ -55,8 +55,12 @@ class Daemon:
     # --- HTTP -----------------------------------------------------------------------------
 
     def request(
-        self, path: str, method: str = "GET", body: bytes | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 5.0,
+        self,
+        path: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
     ) -> tuple[int, dict[str, str], bytes]:
         hdrs = dict(headers or {})
         if self.token and "Authorization" not in hdrs:
@@ -114,8 +118,21 @@ class Daemon:
 def start_daemon(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
     ready = tmp_path / f"ready-{time.monotonic_ns()}.json"
     log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "-m", "metricsd", "serve", "--http", "127.0.0.1:0",
-           "--ingest", "tcp://127.0.0.1:0", "--tick", "0.1", "--ready-file", str(ready), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "metricsd",
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--ingest",
+        "tcp://127.0.0.1:0",
+        "--tick",
+        "0.1",
+        "--ready-file",
+        str(ready),
+        *args,
+    ]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("METRICSD_")}
     full_env.update(env or {})
     log = log_path.open("wb")

@@ -50,7 +50,7 @@ class Family:
     def histogram(
         self, labels: Labels, bounds: Sequence[float], cumulative: Sequence[int], total: float
     ) -> None:
-        """Buckets from cumulative counts at ``bounds`` (+Inf last = count), ``_sum``, ``_count``."""
+        """Buckets from cumulative counts at ``bounds`` (+Inf last), ``_sum``, ``_count``."""
         for bound, count in zip(bounds, cumulative, strict=False):
             self.samples.append(("_bucket", (*labels, ("le", format_float(bound))), count))
         count = cumulative[-1] if cumulative else 0
@@ -69,7 +69,9 @@ def escape_help(value: str) -> str:
 
 def format_float(value: float) -> str:
     """Prometheus number formatting: integers without a fraction, ±Inf and NaN spelled out."""
-    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e15):
+    if isinstance(value, int) or (
+        math.isfinite(value) and value == int(value) and abs(value) < 1e15
+    ):
         return str(int(value))
     if math.isnan(value):
         return "NaN"

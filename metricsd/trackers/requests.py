@@ -42,8 +42,15 @@ class RequestSeries:
     """State of one (provider, endpoint, model) series."""
 
     __slots__ = (
-        "buckets", "errors_total", "first_seen", "latency", "queue_buckets", "queue_wait",
-        "statuses", "tokens", "window",
+        "buckets",
+        "errors_total",
+        "first_seen",
+        "latency",
+        "queue_buckets",
+        "queue_wait",
+        "statuses",
+        "tokens",
+        "window",
     )
 
     def __init__(self, geometry: Geometry, config: Config, now: float) -> None:
@@ -106,6 +113,7 @@ class RequestTracker:
     # --- writes ---------------------------------------------------------------------------
 
     def apply(self, batch: Batch, now: float, wall: float) -> None:
+        """Record a batch (nothing derived)."""
         self._now = now
         if batch.type in ("request", "error"):
             self._outcomes(batch, now)
@@ -129,7 +137,9 @@ class RequestTracker:
         given = batch.get("provider")
         if isinstance(given, list):
             model_list = models if isinstance(models, list) else [models] * batch.n
-            return [p if p else self.provider_for(m) for p, m in zip(given, model_list, strict=True)]
+            return [
+                p if p else self.provider_for(m) for p, m in zip(given, model_list, strict=True)
+            ]
         if given:
             return str(given)
         if isinstance(models, list):
@@ -150,7 +160,9 @@ class RequestTracker:
             else np.full(n, error_types is not None, dtype=bool)
         )
         is_error = (status_col >= 400) | has_type
-        tokens = {t: batch.column(f, np.int64) if is_request else None for t, f in _TOKEN_FIELDS.items()}
+        tokens = {
+            t: batch.column(f, np.int64) if is_request else None for t, f in _TOKEN_FIELDS.items()
+        }
         duration = batch.column("duration_ms") if is_request else None
         queue_ms = batch.get("queue_ms") if is_request else None
         for key, rows in group_rows(batch, [providers, endpoints, models]):
@@ -169,7 +181,7 @@ class RequestTracker:
                     sums[i] = int(column.sum())
                 series.tokens += sums
                 self._token_hist(key[2], tokens, rows, now)
-                if isinstance(queue_ms, np.ndarray) or isinstance(queue_ms, float):
+                if isinstance(queue_ms, (np.ndarray, float)):
                     self._queue_wait(series, take(batch.column("queue_ms"), rows), now)
             values, counts = np.unique(statuses, return_counts=True)
             for status, c in zip(values.tolist(), counts.tolist(), strict=True):
@@ -182,9 +194,7 @@ class RequestTracker:
                 self._finish(batch, key[2], rows, now)
         self._recent(batch, endpoints, models, status_col, is_error, duration)
 
-    def _token_hist(
-        self, model: str, tokens: dict[str, Any], rows: Any, now: float
-    ) -> None:
+    def _token_hist(self, model: str, tokens: dict[str, Any], rows: Any, now: float) -> None:
         for token_type in ("input", "output"):
             self.token_hist.get((model, token_type), now).record_array(
                 take(tokens[token_type], rows).astype(np.float64)
@@ -205,7 +215,9 @@ class RequestTracker:
         reasons = take(batch.get("finish_reason"), rows)
         if reasons is None:
             return
-        counts = Counter(reasons) if isinstance(reasons, list) else Counter({reasons: _len(rows, batch)})
+        counts = (
+            Counter(reasons) if isinstance(reasons, list) else Counter({reasons: _len(rows, batch)})
+        )
         for reason, c in counts.items():
             if reason is not None:
                 self.finish.get((model, reason), now, c)[0] += c
@@ -242,15 +254,17 @@ class RequestTracker:
             tokens = 0
             if batch.type == "request":
                 tokens = int(_at(inputs, i)) + int(_at(output, i))
-            self.recent.append((
-                float(ts[i]),
-                models[i] if isinstance(models, list) else models,
-                endpoints[i] if isinstance(endpoints, list) else endpoints,
-                None if duration is None else float(duration[i]),
-                tokens,
-                int(status[i]),
-                error,
-            ))
+            self.recent.append(
+                (
+                    float(ts[i]),
+                    models[i] if isinstance(models, list) else models,
+                    endpoints[i] if isinstance(endpoints, list) else endpoints,
+                    None if duration is None else float(duration[i]),
+                    tokens,
+                    int(status[i]),
+                    error,
+                )
+            )
 
     def _cache(self, batch: Batch, now: float) -> None:
         endpoints = label_values(batch, "endpoint")
@@ -278,7 +292,14 @@ class RequestTracker:
 
     def expire(self, now: float) -> None:
         self._now = now
-        for registry in (self.series, self.finish, self.errors, self.token_hist, self.cache, self.queues):
+        for registry in (
+            self.series,
+            self.finish,
+            self.errors,
+            self.token_hist,
+            self.cache,
+            self.queues,
+        ):
             registry.expire(now)
 
     def series_count(self) -> int:

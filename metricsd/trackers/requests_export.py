@@ -54,15 +54,18 @@ def request_families(tracker: RequestTracker, now: float) -> list[Family]:
         for i, token_type in enumerate(("input", "output", "cached", "cache_write", "reasoning")):
             tokens.counter(int(s.tokens[i]), (*labels, ("type", token_type)))
         if s.queue_buckets is not None and s.queue_buckets.count:
-            cum, total = queue_wait.get((endpoint, model), ([0] * (len(prom.duration_buckets) + 1), 0.0))
+            cum, total = queue_wait.get(
+                (endpoint, model), ([0] * (len(prom.duration_buckets) + 1), 0.0)
+            )
             queue_wait[(endpoint, model)] = (
                 [a + b for a, b in zip(cum, s.queue_buckets.cumulative(), strict=True)],
                 total + s.queue_buckets.sum,
             )
     request_tokens = Family("llm_request_tokens", "histogram", "Tokens per request, by type.")
     for (model, token_type), b in sorted(tracker.token_hist.items()):
-        labels = (("model", model), ("type", token_type))
-        request_tokens.histogram(labels, prom.token_buckets, b.cumulative(), b.sum)
+        request_tokens.histogram(
+            (("model", model), ("type", token_type)), prom.token_buckets, b.cumulative(), b.sum
+        )
     finish = Family("llm_finish_reason", "counter", "Requests by finish reason.")
     for (model, reason), c in sorted(tracker.finish.items()):
         finish.counter(c[0], (("model", model), ("finish_reason", reason)))
@@ -70,31 +73,54 @@ def request_families(tracker: RequestTracker, now: float) -> list[Family]:
     for (endpoint, model, error_type, status), c in sorted(tracker.errors.items()):
         errors.counter(
             c[0],
-            (("endpoint", endpoint), ("model", model), ("error_type", error_type), ("status", status)),
+            (
+                ("endpoint", endpoint),
+                ("model", model),
+                ("error_type", error_type),
+                ("status", status),
+            ),
         )
     depth = Family("llm_queue_depth", "gauge", "Latest reported queue depth.")
     for (name,), q in sorted(tracker.queues.items()):
         depth.add(q[0], (("queue", name),))
     wait = Family("llm_queue_wait_seconds", "histogram", "Time requests waited in a queue.")
     for (endpoint, model), (cum, total) in sorted(queue_wait.items()):
-        wait.histogram((("endpoint", endpoint), ("model", model)), prom.duration_buckets, cum, total)
+        wait.histogram(
+            (("endpoint", endpoint), ("model", model)), prom.duration_buckets, cum, total
+        )
     lookups = Family("llm_cache_lookups", "counter", "Prompt-cache lookups, by result.")
-    cache_tokens = Family("llm_cache_tokens", "counter", "Prompt-cache tokens looked up and matched.")
-    for (endpoint, model), c in sorted(tracker.cache.items()):
-        labels = (("endpoint", endpoint), ("model", model))
-        lookups.counter(c.hits, (*labels, ("result", "hit")))
-        lookups.counter(c.misses, (*labels, ("result", "miss")))
-        cache_tokens.counter(c.total, (*labels, ("type", "total")))
-        cache_tokens.counter(c.matched, (*labels, ("type", "matched")))
-    return [requests, duration, tokens, request_tokens, finish, errors, depth, wait, lookups,
-            cache_tokens]
+    cache_tokens = Family(
+        "llm_cache_tokens", "counter", "Prompt-cache tokens looked up and matched."
+    )
+    for (endpoint, model), cache in sorted(tracker.cache.items()):
+        where = (("endpoint", endpoint), ("model", model))
+        lookups.counter(cache.hits, (*where, ("result", "hit")))
+        lookups.counter(cache.misses, (*where, ("result", "miss")))
+        cache_tokens.counter(cache.total, (*where, ("type", "total")))
+        cache_tokens.counter(cache.matched, (*where, ("type", "matched")))
+    return [
+        requests,
+        duration,
+        tokens,
+        request_tokens,
+        finish,
+        errors,
+        depth,
+        wait,
+        lookups,
+        cache_tokens,
+    ]
 
 
-def _stats(count: float, span: float, age: float, view: HistView | None, unit: float) -> dict[str, float]:
+def _stats(
+    count: float, span: float, age: float, view: HistView | None, unit: float
+) -> dict[str, float]:
     """FakeAI's ``{rate, avg, min, max, p50, p90, p99}`` (+ p95), latencies divided by ``unit``."""
     out = {"rate": rate(count, span, age)}
     if view is None:
-        out.update({"avg": 0.0, "min": 0.0, "max": 0.0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "p99": 0.0})
+        out.update(
+            {"avg": 0.0, "min": 0.0, "max": 0.0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "p99": 0.0}
+        )
         return out
     block = view.block(QS)
     for name in ("avg", "min", "max", "p50", "p90", "p95", "p99"):
@@ -119,7 +145,9 @@ def by_endpoint(
     return dict(acc)
 
 
-def json_view(tracker: RequestTracker, now: float, streaming_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def json_view(
+    tracker: RequestTracker, now: float, streaming_stats: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``GET /metrics/json``: FakeAI's ``GET /metrics`` shape, latencies in seconds."""
     out: dict[str, Any] = {k: {} for k in ("requests", "responses", "tokens", "errors", "latency")}
     for endpoint, e in sorted(by_endpoint(tracker, now).items()):
@@ -132,8 +160,11 @@ def json_view(tracker: RequestTracker, now: float, streaming_stats: dict[str, An
         out["tokens"][endpoint] = _stats(c[2] + c[3], span, age, None, 1.0)
         out["errors"][endpoint] = _stats(c[1], span, age, None, 1.0)
     out["streaming_stats"] = streaming_stats or {
-        "active_streams": 0, "completed_streams": 0, "failed_streams": 0,
-        "ttft": {}, "tokens_per_second": {},
+        "active_streams": 0,
+        "completed_streams": 0,
+        "failed_streams": 0,
+        "ttft": {},
+        "tokens_per_second": {},
     }
     by_model: dict[str, Any] = {}
     for model, e in sorted(by_endpoint(tracker, now, key_index=2).items()):
@@ -181,13 +212,22 @@ def recent_view(tracker: RequestTracker, limit: int) -> list[dict[str, Any]]:
     """``GET /metrics/recent``: the newest outcomes first."""
     rows = list(tracker.recent)[-limit:] if limit > 0 else []
     return [
-        {"timestamp": ts, "model": model, "endpoint": endpoint, "latency_ms": latency,
-         "tokens": tokens, "status": status, "error": error}
+        {
+            "timestamp": ts,
+            "model": model,
+            "endpoint": endpoint,
+            "latency_ms": latency,
+            "tokens": tokens,
+            "status": status,
+            "error": error,
+        }
         for ts, model, endpoint, latency, tokens, status, error in reversed(rows)
     ]
 
 
-def histograms_view(tracker: RequestTracker, now: float, name: str, window: float) -> dict[str, Any]:
+def histograms_view(
+    tracker: RequestTracker, now: float, name: str, window: float
+) -> dict[str, Any]:
     """``GET /metrics/histograms``: HDR-encoded windows per series, for exact merging elsewhere."""
     out: list[dict[str, Any]] = []
     for (provider, endpoint, model), s in sorted(tracker.series.items()):
@@ -201,17 +241,19 @@ def histograms_view(tracker: RequestTracker, now: float, name: str, window: floa
             hist = Hist(view.layout)
             hist.counts[:] = view.counts
             layout = view.layout
-            out.append({
-                "name": family,
-                "labels": {"provider": provider, "endpoint": endpoint, "model": model},
-                "window_seconds": window,
-                "count": view.count,
-                "sum": view.sum / 1000.0,
-                "unit": "microseconds",
-                "lowest": layout.lowest,
-                "highest": layout.highest,
-                "significant_figures": layout.significant_figures,
-                "encoding": "hdr",
-                "histogram": hist.encode(),
-            })
+            out.append(
+                {
+                    "name": family,
+                    "labels": {"provider": provider, "endpoint": endpoint, "model": model},
+                    "window_seconds": window,
+                    "count": view.count,
+                    "sum": view.sum / 1000.0,
+                    "unit": "microseconds",
+                    "lowest": layout.lowest,
+                    "highest": layout.highest,
+                    "significant_figures": layout.significant_figures,
+                    "encoding": "hdr",
+                    "histogram": hist.encode(),
+                }
+            )
     return {"histograms": out}

@@ -16,7 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from metricsd.engine import Engine, Snapshot
-from metricsd.export.prometheus import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, wants_openmetrics
+from metricsd.export.prometheus import (
+    CONTENT_TYPE_OPENMETRICS,
+    CONTENT_TYPE_TEXT,
+    wants_openmetrics,
+)
 from metricsd.trackers.requests import RequestTracker
 from metricsd.trackers.requests_export import histograms_view, json_view, recent_view, summary_view
 
@@ -104,7 +108,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def prometheus(request: web.Request) -> web.Response:
     snap = _snapshot(request)
     if wants_openmetrics(request.headers.get("Accept", "")):
-        return web.Response(body=snap.openmetrics, headers={"Content-Type": CONTENT_TYPE_OPENMETRICS})
+        return web.Response(
+            body=snap.openmetrics, headers={"Content-Type": CONTENT_TYPE_OPENMETRICS}
+        )
     return web.Response(body=snap.text, headers={"Content-Type": CONTENT_TYPE_TEXT})
 
 
@@ -154,7 +160,9 @@ async def metrics_histograms(request: web.Request) -> web.Response:
     )
 
 
-def build_app(engine: Engine, requests: RequestTracker, token: str, max_body: int) -> web.Application:
+def build_app(
+    engine: Engine, requests: RequestTracker, token: str, max_body: int
+) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=max_body
     )

@@ -17,8 +17,12 @@ from tests.conftest import Daemon
 
 
 def request_batch(n: int, model: str = "gpt-4o") -> dict[str, Any]:
-    return {"v": 1, "type": "request", "const": {"model": model, "endpoint": "/v1/chat/completions"},
-            "cols": {"duration_ms": [100.0] * n, "output_tokens": [10] * n}}
+    return {
+        "v": 1,
+        "type": "request",
+        "const": {"model": model, "endpoint": "/v1/chat/completions"},
+        "cols": {"duration_ms": [100.0] * n, "output_tokens": [10] * n},
+    }
 
 
 def test_health_ready_and_build_info(daemon: Daemon) -> None:
@@ -28,44 +32,68 @@ def test_health_ready_and_build_info(daemon: Daemon) -> None:
     status, headers, body = daemon.request("/metrics/prometheus")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
     status, headers, body = daemon.request(
-        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
     assert headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
 
 
 def test_every_frame_shape_over_zeromq(daemon: Daemon) -> None:
-    daemon.send({"type": "request", "duration_ms": 10, "model": "a"})                 # 1: event
-    daemon.send([{"type": "request", "duration_ms": 10, "model": "a"}] * 3)           # 2: array
-    daemon.send(request_batch(5, "a"))                                                # 3: columnar
-    daemon.send([request_batch(2, "a"), request_batch(4, "b"),                        # 4: mixed
-                 {"type": "request", "duration_ms": 1, "model": "b"}])
+    daemon.send({"type": "request", "duration_ms": 10, "model": "a"})  # 1: event
+    daemon.send([{"type": "request", "duration_ms": 10, "model": "a"}] * 3)  # 2: array
+    daemon.send(request_batch(5, "a"))  # 3: columnar
+    daemon.send(
+        [
+            request_batch(2, "a"),
+            request_batch(4, "b"),  # 4: mixed
+            {"type": "request", "duration_ms": 1, "model": "b"},
+        ]
+    )
     assert daemon.wait_for("metricsd_events_received_total", 16, type="request") == 16
     assert daemon.value("metricsd_frames_received_total") == 4
     base = {"endpoint": "unknown", "provider": "unknown", "status": "200"}
     samples = daemon.samples()
-    a = samples[("llm_requests_total", tuple(sorted({**base, "model": "a", "endpoint": "unknown"}.items())))]
+    a = samples[
+        ("llm_requests_total", tuple(sorted({**base, "model": "a", "endpoint": "unknown"}.items())))
+    ]
     assert a == 4  # the two plain-map frames have no endpoint
-    key = tuple(sorted({"endpoint": "/v1/chat/completions", "model": "a", "provider": "unknown",
-                        "status": "200"}.items()))
+    key = tuple(
+        sorted(
+            {
+                "endpoint": "/v1/chat/completions",
+                "model": "a",
+                "provider": "unknown",
+                "status": "200",
+            }.items()
+        )
+    )
     assert samples[("llm_requests_total", key)] == 7
 
 
 def test_every_reject_reason_is_visible_and_ingest_keeps_going(daemon: Daemon) -> None:
-    daemon.send_raw(b"\xc1 not msgpack")                                              # decode
-    daemon.send({"v": 9, "type": "request", "duration_ms": 1})                        # version
-    daemon.send(12345)                                                                # shape
-    daemon.send({"type": "teleport"})                                                 # unknown_type
-    daemon.send({"type": "request"})                                                  # missing_field
-    daemon.send({"type": "request", "duration_ms": -5})                               # bad_value
+    daemon.send_raw(b"\xc1 not msgpack")  # decode
+    daemon.send({"v": 9, "type": "request", "duration_ms": 1})  # version
+    daemon.send(12345)  # shape
+    daemon.send({"type": "teleport"})  # unknown_type
+    daemon.send({"type": "request"})  # missing_field
+    daemon.send({"type": "request", "duration_ms": -5})  # bad_value
     daemon.send_raw(msgpack.packb({"type": "request", "duration_ms": 1, "m": "x" * (1 << 20)}))
-    daemon.send({"type": "request", "cols": {"duration_ms": [1] * 10_001}})           # too_many
-    daemon.push().send_multipart([b"a", b"b"])                                        # multipart
+    daemon.send({"type": "request", "cols": {"duration_ms": [1] * 10_001}})  # too_many
+    daemon.push().send_multipart([b"a", b"b"])  # multipart
     daemon.send(request_batch(3))
     assert daemon.wait_for("metricsd_events_received_total", 3, type="request") == 3
     s = daemon.samples()
     reasons = {k[1][0][1]: v for k, v in s.items() if k[0] == "metricsd_events_invalid_total"}
-    assert reasons == {"decode": 1, "version": 1, "shape": 2, "unknown_type": 1, "missing_field": 1,
-                       "bad_value": 1, "too_large": 1, "too_many": 10_001}
+    assert reasons == {
+        "decode": 1,
+        "version": 1,
+        "shape": 2,
+        "unknown_type": 1,
+        "missing_field": 1,
+        "bad_value": 1,
+        "too_large": 1,
+        "too_many": 10_001,
+    }
     assert s[("metricsd_frames_received_total", ())] == 10
     assert daemon.get_json("/healthz") == {"status": "ok"}
 
@@ -86,7 +114,7 @@ def test_ipc_and_multiple_endpoints(daemon_factory: Any, tmp_path: Path) -> None
 
 
 def test_http_errors_are_json(daemon: Daemon) -> None:
-    status, headers, body = daemon.request("/nope")
+    status, _, body = daemon.request("/nope")
     assert status == 404 and json.loads(body) == {"error": "not found"}
     status, _, body = daemon.request("/metrics", method="POST", body=b"{}")
     assert status == 405 and "error" in json.loads(body)
@@ -123,34 +151,81 @@ def test_ready_line_matches_ready_file(daemon: Daemon) -> None:
 
 def test_emit_command(daemon: Daemon) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "metricsd", "emit", "request", "duration_ms=120", "model=gpt-4o",
-         "status=503", "--ingest", daemon.ingest[0]],
-        capture_output=True, text=True, timeout=20,
+        [
+            sys.executable,
+            "-m",
+            "metricsd",
+            "emit",
+            "request",
+            "duration_ms=120",
+            "model=gpt-4o",
+            "status=503",
+            "--ingest",
+            daemon.ingest[0],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert out.returncode == 0, out.stderr
-    assert daemon.wait_for(
-        "llm_requests_total", 1, provider="openai", endpoint="unknown", model="gpt-4o", status="503"
-    ) == 1
+    assert (
+        daemon.wait_for(
+            "llm_requests_total",
+            1,
+            provider="openai",
+            endpoint="unknown",
+            model="gpt-4o",
+            status="503",
+        )
+        == 1
+    )
 
 
 def test_emit_without_daemon_fails_clearly() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "metricsd", "emit", "request", "duration_ms=1",
-         "--ingest", "tcp://127.0.0.1:1"],
-        capture_output=True, text=True, timeout=20,
+        [
+            sys.executable,
+            "-m",
+            "metricsd",
+            "emit",
+            "request",
+            "duration_ms=1",
+            "--ingest",
+            "tcp://127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert out.returncode == 2 and "no daemon accepted the event" in out.stderr
 
 
 def test_json_views_over_http(daemon: Daemon) -> None:
-    daemon.send({"v": 1, "type": "request", "const": {"model": "gpt-4o", "endpoint": "/v1/chat"},
-                 "cols": {"duration_ms": [100.0, 200.0, 300.0], "status": [200, 200, 500],
-                          "input_tokens": [10, 10, 10], "output_tokens": [5, 5, 5]}})
+    daemon.send(
+        {
+            "v": 1,
+            "type": "request",
+            "const": {"model": "gpt-4o", "endpoint": "/v1/chat"},
+            "cols": {
+                "duration_ms": [100.0, 200.0, 300.0],
+                "status": [200, 200, 500],
+                "input_tokens": [10, 10, 10],
+                "output_tokens": [5, 5, 5],
+            },
+        }
+    )
     daemon.wait_for("metricsd_events_received_total", 3, type="request")
     time.sleep(0.25)  # the next tick
     view = daemon.get_json("/metrics/json")
-    assert set(view) == {"requests", "responses", "tokens", "errors", "latency", "streaming_stats",
-                         "by_model"}
+    assert set(view) == {
+        "requests",
+        "responses",
+        "tokens",
+        "errors",
+        "latency",
+        "streaming_stats",
+        "by_model",
+    }
     assert view["latency"]["/v1/chat"]["min"] == 0.1
     assert view["latency"]["/v1/chat"]["max"] == 0.3
     assert view["latency"]["/v1/chat"]["avg"] == 0.2

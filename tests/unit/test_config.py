@@ -26,12 +26,19 @@ def test_defaults() -> None:
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
-    path = write(tmp_path, '[engine]\ntick = 1.0\n[limits]\nmax_series = 50\n[http]\nlisten = "127.0.0.1:1"\n')
+    path = write(
+        tmp_path,
+        '[engine]\ntick = 1.0\n[limits]\nmax_series = 50\n[http]\nlisten = "127.0.0.1:1"\n',
+    )
     config = load_config(path, environ={})
     assert (config.engine.tick, config.limits.max_series) == (1.0, 50)
     env = {"METRICSD_ENGINE_TICK": "2.5", "METRICSD_HTTP_LISTEN": "127.0.0.1:2"}
     config = load_config(path, environ=env)
-    assert (config.engine.tick, config.limits.max_series, config.http.listen) == (2.5, 50, "127.0.0.1:2")
+    assert (config.engine.tick, config.limits.max_series, config.http.listen) == (
+        2.5,
+        50,
+        "127.0.0.1:2",
+    )
     config = load_config(path, environ=env, overrides={"engine": {"tick": 0.25}})
     assert config.engine.tick == 0.25 and config.http.listen == "127.0.0.1:2"
 
@@ -69,7 +76,7 @@ def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_unknown_environment_variable() -> None:
-    with pytest.raises(ConfigError, match="ingest.rcv_hwm: unknown key"):
+    with pytest.raises(ConfigError, match=r"ingest\.rcv_hwm: unknown key"):
         load_config(environ={"METRICSD_INGEST_RCV_HWM": "5"})
 
 

@@ -16,11 +16,13 @@ def layout() -> Layout:
 
 def values(seed: int, n: int = 50_000) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.concatenate([
-        rng.lognormal(4.0, 2.0, n),        # ms, very wide
-        rng.uniform(0, 1, 1000),           # sub-ms
-        [0.0, 0.0005, 0.001, 0.256, 1000.0, 3_600_000.0],
-    ])
+    return np.concatenate(
+        [
+            rng.lognormal(4.0, 2.0, n),  # ms, very wide
+            rng.uniform(0, 1, 1000),  # sub-ms
+            [0.0, 0.0005, 0.001, 0.256, 1000.0, 3_600_000.0],
+        ]
+    )
 
 
 @pytest.mark.parametrize("figures", [1, 2, 3])

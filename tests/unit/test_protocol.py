@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any
 
 import msgpack
@@ -19,7 +18,12 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj)
 
 
-def rows(frame: Any, limits: Limits = Limits()) -> tuple[list[dict[str, Any]], dict[str, int]]:
+DEFAULT_LIMITS = Limits()
+
+
+def rows(
+    frame: Any, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     result = decode(pack(frame), NOW, limits)
     out = [r | {"type": b.type} for b in result.batches for r in b.rows()]
     return out, dict(result.rejected)
@@ -67,7 +71,11 @@ def test_columnar_batch_rows_equal_spec_expansion() -> None:
     frame = {
         "type": "request",
         "const": {"model": "m", "endpoint": "/e"},
-        "cols": {"duration_ms": [1.5, 2.5, 3.5], "output_tokens": [1, 2, 3], "ts": [10.0, 11.0, 12.0]},
+        "cols": {
+            "duration_ms": [1.5, 2.5, 3.5],
+            "output_tokens": [1, 2, 3],
+            "ts": [10.0, 11.0, 12.0],
+        },
     }
     result = decode(pack(frame), NOW)
     (batch,) = result.batches
@@ -87,7 +95,11 @@ def test_array_of_columnar_batches_and_plain_events() -> None:
     ]
     result = decode(pack(frame), NOW)
     assert result.rejected == {}
-    assert sorted((b.type, b.n) for b in result.batches) == [("queue", 1), ("request", 1), ("request", 2)]
+    assert sorted((b.type, b.n) for b in result.batches) == [
+        ("queue", 1),
+        ("request", 1),
+        ("request", 2),
+    ]
     assert result.accepted == 4
 
 
@@ -121,7 +133,9 @@ def test_version_frame_rejected_whole() -> None:
 
 
 def test_version_per_event_in_array() -> None:
-    out, rejected = rows([{"type": "queue", "depth": 1, "v": 2}, {"type": "queue", "depth": 2, "v": 1}])
+    out, rejected = rows(
+        [{"type": "queue", "depth": 1, "v": 2}, {"type": "queue", "depth": 2, "v": 1}]
+    )
     assert rejected == {"version": 1} and [r["depth"] for r in out] == [2]
 
 
@@ -197,9 +211,16 @@ def test_bad_constant_rejects_the_batch() -> None:
 
 
 def test_enum_and_metric_validation() -> None:
-    assert rows({"type": "stream.end", "stream_id": "s", "status": "exploded"})[1] == {"bad_value": 1}
-    ok = {"type": "metric", "name": "llm_circuit_breaker_open", "kind": "gauge", "value": 1,
-          "labels": {"provider": "openai"}}
+    assert rows({"type": "stream.end", "stream_id": "s", "status": "exploded"})[1] == {
+        "bad_value": 1
+    }
+    ok = {
+        "type": "metric",
+        "name": "llm_circuit_breaker_open",
+        "kind": "gauge",
+        "value": 1,
+        "labels": {"provider": "openai"},
+    }
     out, rejected = rows(ok)
     assert rejected == {} and out[0]["labels"] == {"provider": "openai"}
     assert rows({**ok, "name": "9bad"})[1] == {"bad_value": 1}
@@ -243,7 +264,13 @@ def test_string_boundary_length_not_truncated() -> None:
 
 def test_reasons_are_the_spec_list() -> None:
     assert REASONS == (
-        "decode", "version", "shape", "unknown_type", "missing_field", "bad_value", "too_large",
+        "decode",
+        "version",
+        "shape",
+        "unknown_type",
+        "missing_field",
+        "bad_value",
+        "too_large",
         "too_many",
     )
 
@@ -275,18 +302,38 @@ def test_key_id_passes_through() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        {"type": "request", "duration_ms": 5, "streaming": True, "ttft_ms": 1.5, "queue_ms": 2,
-         "finish_reason": "stop", "provider": "openai", "batch": True, "cost_usd": 0.01},
+        {
+            "type": "request",
+            "duration_ms": 5,
+            "streaming": True,
+            "ttft_ms": 1.5,
+            "queue_ms": 2,
+            "finish_reason": "stop",
+            "provider": "openai",
+            "batch": True,
+            "cost_usd": 0.01,
+        },
         {"type": "error", "error_type": "rate_limit", "status": 429, "error_message": "slow down"},
-        {"type": "stream.start", "stream_id": "s1", "prompt_tokens": 10, "temperature": 0.7,
-         "max_tokens": 100, "client_id": "c"},
+        {
+            "type": "stream.start",
+            "stream_id": "s1",
+            "prompt_tokens": 10,
+            "temperature": 0.7,
+            "max_tokens": 100,
+            "client_id": "c",
+        },
         {"type": "stream.token", "stream_id": "s1", "n": 2, "bytes": 12, "text": "hi"},
         {"type": "stream.end", "stream_id": "s1", "status": "failed", "error_type": "x"},
         {"type": "stream.backpressure", "stream_id": "s1", "buffer_size": 4096},
         {"type": "cache", "hit": True, "total_tokens": 100, "matched_tokens": 80},
         {"type": "queue", "depth": 3, "queue": "gpu", "capacity": 8},
-        {"type": "usage", "prompt_tokens": 1, "completion_tokens": 2, "images":
-            {"size": "1024x1024", "quality": "hd", "n": 2}, "characters": 10},
+        {
+            "type": "usage",
+            "prompt_tokens": 1,
+            "completion_tokens": 2,
+            "images": {"size": "1024x1024", "quality": "hd", "n": 2},
+            "characters": 10,
+        },
         {"type": "client", "dropped": 7, "source": "worker-1"},
         {"type": "metric", "name": "x_y", "kind": "counter", "value": 2.5},
     ],

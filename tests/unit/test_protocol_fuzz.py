@@ -48,7 +48,9 @@ columnar = st.builds(
     columns,
     st.dictionaries(field_names, values, max_size=5),
 )
-frames = st.one_of(values, events, columnar, st.lists(st.one_of(events, columnar, values), max_size=8))
+frames = st.one_of(
+    values, events, columnar, st.lists(st.one_of(events, columnar, values), max_size=8)
+)
 
 
 def check(result: Any) -> None:

@@ -26,7 +26,9 @@ class Harness:
         self.engine = Engine(self.config, [self.tracker])
 
     def send(self, frame: Any, now: float) -> None:
-        self.engine.apply(decode(msgpack.packb(frame), WALL + now, self.engine.limits), now, WALL + now)
+        self.engine.apply(
+            decode(msgpack.packb(frame), WALL + now, self.engine.limits), now, WALL + now
+        )
 
     def samples(self, now: float) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = self.engine.snapshot(now, WALL + now).text.decode()
@@ -38,15 +40,28 @@ class Harness:
 
 
 def batch(model: str, endpoint: str, durations: list[float], **cols: Any) -> dict[str, Any]:
-    return {"type": "request", "const": {"model": model, "endpoint": endpoint},
-            "cols": {"duration_ms": durations, **cols}}
+    return {
+        "type": "request",
+        "const": {"model": model, "endpoint": endpoint},
+        "cols": {"duration_ms": durations, **cols},
+    }
 
 
 def test_counts_tokens_and_statuses() -> None:
     h = Harness()
-    h.send(batch("gpt-4o", "/v1/chat/completions", [100.0, 200.0, 300.0],
-                 status=[200, 200, 500], input_tokens=[10, 20, 30], output_tokens=[1, 2, 3],
-                 cached_tokens=[0, 5, 0], finish_reason=["stop", "length", "stop"]), now=5.0)
+    h.send(
+        batch(
+            "gpt-4o",
+            "/v1/chat/completions",
+            [100.0, 200.0, 300.0],
+            status=[200, 200, 500],
+            input_tokens=[10, 20, 30],
+            output_tokens=[1, 2, 3],
+            cached_tokens=[0, 5, 0],
+            finish_reason=["stop", "length", "stop"],
+        ),
+        now=5.0,
+    )
     s = h.samples(6.0)
     base = (("endpoint", "/v1/chat/completions"), ("model", "gpt-4o"), ("provider", "openai"))
     assert s[("llm_requests_total", tuple(sorted((*base, ("status", "200")))))] == 2
@@ -61,8 +76,12 @@ def test_counts_tokens_and_statuses() -> None:
     assert s[("llm_request_duration_seconds_bucket", le("0.16"))] == 1
     assert s[("llm_request_duration_seconds_bucket", le("0.32"))] == 3
     assert s[("llm_finish_reason_total", (("finish_reason", "stop"), ("model", "gpt-4o")))] == 2
-    err = (("endpoint", "/v1/chat/completions"), ("error_type", "http_error"), ("model", "gpt-4o"),
-           ("status", "500"))
+    err = (
+        ("endpoint", "/v1/chat/completions"),
+        ("error_type", "http_error"),
+        ("model", "gpt-4o"),
+        ("status", "500"),
+    )
     assert s[("llm_errors_total", err)] == 1
 
 
@@ -99,8 +118,15 @@ def test_error_event_counts_as_request_without_latency() -> None:
     assert summary["avg_latency_ms"] == 10.0
     recent = recent_view(h.tracker, 10)
     assert recent[0]["latency_ms"] == 10.0
-    assert recent[1] == {"timestamp": WALL + 1.0, "model": "m", "endpoint": "/e",
-                         "latency_ms": None, "tokens": 0, "status": 500, "error": "timeout"}
+    assert recent[1] == {
+        "timestamp": WALL + 1.0,
+        "model": "m",
+        "endpoint": "/e",
+        "latency_ms": None,
+        "tokens": 0,
+        "status": 500,
+        "error": "timeout",
+    }
 
 
 def test_summary_shape_and_window() -> None:
@@ -109,8 +135,13 @@ def test_summary_shape_and_window() -> None:
     h.send(batch("claude-3-opus", "/a", [30.0]), now=400.0)
     summary = summary_view(h.tracker, 401.0, 300)
     assert summary == {
-        "requests": 1, "avg_latency_ms": 30.0, "p95_latency_ms": 30.0, "error_rate": 0.0,
-        "total_tokens": 0, "providers": {"anthropic": 1}, "models": {"claude-3-opus": 1},
+        "requests": 1,
+        "avg_latency_ms": 30.0,
+        "p95_latency_ms": 30.0,
+        "error_rate": 0.0,
+        "total_tokens": 0,
+        "providers": {"anthropic": 1},
+        "models": {"claude-3-opus": 1},
         "window_seconds": 300,
     }
     assert summary_view(h.tracker, 401.0, 3600)["requests"] == 3
@@ -118,18 +149,44 @@ def test_summary_shape_and_window() -> None:
 
 def test_cache_and_queue() -> None:
     h = Harness()
-    h.send({"type": "cache", "const": {"endpoint": "/e", "model": "m"},
-            "cols": {"hit": [True, True, False], "total_tokens": [100, 100, 100],
-                     "matched_tokens": [80, 60, 0]}}, now=1.0)
-    h.send([{"type": "queue", "depth": 5, "queue": "gpu"}, {"type": "queue", "depth": 3, "queue": "gpu"}], now=1.0)
+    h.send(
+        {
+            "type": "cache",
+            "const": {"endpoint": "/e", "model": "m"},
+            "cols": {
+                "hit": [True, True, False],
+                "total_tokens": [100, 100, 100],
+                "matched_tokens": [80, 60, 0],
+            },
+        },
+        now=1.0,
+    )
+    h.send(
+        [
+            {"type": "queue", "depth": 5, "queue": "gpu"},
+            {"type": "queue", "depth": 3, "queue": "gpu"},
+        ],
+        now=1.0,
+    )
     h.send(batch("m", "/e", [10.0, 10.0], queue_ms=[50.0, 150.0]), now=1.0)
     s = h.samples(2.0)
-    assert s[("llm_cache_lookups_total", (("endpoint", "/e"), ("model", "m"), ("result", "hit")))] == 2
-    assert s[("llm_cache_lookups_total", (("endpoint", "/e"), ("model", "m"), ("result", "miss")))] == 1
-    assert s[("llm_cache_tokens_total", (("endpoint", "/e"), ("model", "m"), ("type", "matched")))] == 140
+    assert (
+        s[("llm_cache_lookups_total", (("endpoint", "/e"), ("model", "m"), ("result", "hit")))] == 2
+    )
+    assert (
+        s[("llm_cache_lookups_total", (("endpoint", "/e"), ("model", "m"), ("result", "miss")))]
+        == 1
+    )
+    assert (
+        s[("llm_cache_tokens_total", (("endpoint", "/e"), ("model", "m"), ("type", "matched")))]
+        == 140
+    )
     assert s[("llm_queue_depth", (("queue", "gpu"),))] == 3
     assert s[("llm_queue_wait_seconds_count", (("endpoint", "/e"), ("model", "m")))] == 2
-    assert s[("llm_queue_wait_seconds_bucket", (("endpoint", "/e"), ("le", "0.08"), ("model", "m")))] == 1
+    assert (
+        s[("llm_queue_wait_seconds_bucket", (("endpoint", "/e"), ("le", "0.08"), ("model", "m")))]
+        == 1
+    )
 
 
 def test_cardinality_cap() -> None:
@@ -137,14 +194,24 @@ def test_cardinality_cap() -> None:
     h = Harness(config)
     for i in range(0, 5000, 500):
         models = [f"model-{j}" for j in range(i, i + 500)]
-        h.send({"type": "request", "const": {"endpoint": "/e"},
-                "cols": {"model": models, "duration_ms": [1.0] * 500}}, now=1.0)
+        h.send(
+            {
+                "type": "request",
+                "const": {"endpoint": "/e"},
+                "cols": {"model": models, "duration_ms": [1.0] * 500},
+            },
+            now=1.0,
+        )
     assert h.tracker.series_count() == 101
     s = h.samples(2.0)
     assert s[("metricsd_series", (("tracker", "requests"),))] == 101
     assert s[("metricsd_series_overflow_total", (("tracker", "requests"),))] == 4900
-    over = (("endpoint", "__overflow__"), ("model", "__overflow__"), ("provider", "__overflow__"),
-            ("status", "200"))
+    over = (
+        ("endpoint", "__overflow__"),
+        ("model", "__overflow__"),
+        ("provider", "__overflow__"),
+        ("status", "200"),
+    )
     assert s[("llm_requests_total", over)] == 4900
 
 
@@ -167,7 +234,9 @@ def test_exposition_parses_in_both_formats_with_hostile_labels() -> None:
 
 def test_engine_self_metrics_count_every_event() -> None:
     h = Harness()
-    h.send([{"type": "request", "duration_ms": 1}, {"type": "request", "duration_ms": -1}, 7], now=1.0)
+    h.send(
+        [{"type": "request", "duration_ms": 1}, {"type": "request", "duration_ms": -1}, 7], now=1.0
+    )
     h.engine.apply(decode(b"\xc1", WALL, h.engine.limits), 1.0, WALL)
     h.send({"type": "client", "dropped": 12, "source": "w1"}, now=1.0)
     s = h.samples(2.0)

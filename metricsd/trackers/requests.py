@@ -3,13 +3,12 @@
 One series per (provider, endpoint, model). Each holds lifetime counters (for Prometheus, never
 decreasing), exact Prometheus bucket counters, and windowed counters and HDR histograms (for
 rates and percentiles). Everything is recorded per batch with numpy; there is no per-event
-Python work on the columnar fast path except the bounded ``recent`` ring.
+Python work per event on the columnar fast path.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from metricsd.hist import Buckets, Layout
 from metricsd.protocol import Batch
 from metricsd.series import SeriesRegistry
 from metricsd.trackers.base import UNKNOWN, group_rows, label_values, take
+from metricsd.trackers.recent import RecentRing
 from metricsd.window import CounterRing, Geometry, HistRing
 
 __all__ = ["RequestTracker"]
@@ -106,7 +106,7 @@ class RequestTracker:
         self.queues: SeriesRegistry[list[float]] = SeriesRegistry(
             "queues", lambda _k: [0.0, 0.0], cap, ttl
         )
-        self.recent: deque[tuple[Any, ...]] = deque(maxlen=config.engine.recent_size)
+        self.recent = RecentRing(config.engine.recent_size)
         self._providers: dict[str, str] = {}
         self._now = start
 
@@ -238,33 +238,23 @@ class RequestTracker:
     def _recent(
         self, batch: Batch, endpoints: Any, models: Any, status: Any, is_error: Any, duration: Any
     ) -> None:
-        size = self.recent.maxlen or 0
-        start = max(0, batch.n - size)
-        ts = batch.column("ts")
-        messages = batch.get("error_message")
-        types = batch.get("error_type")
-        output = batch.get("output_tokens")
-        inputs = batch.get("input_tokens")
-        for i in range(start, batch.n):
-            error = None
-            if is_error[i]:
-                message = messages[i] if isinstance(messages, list) else messages
-                kind = types[i] if isinstance(types, list) else types
-                error = message or kind or f"HTTP {int(status[i])}"
-            tokens = 0
-            if batch.type == "request":
-                tokens = int(_at(inputs, i)) + int(_at(output, i))
-            self.recent.append(
-                (
-                    float(ts[i]),
-                    models[i] if isinstance(models, list) else models,
-                    endpoints[i] if isinstance(endpoints, list) else endpoints,
-                    None if duration is None else float(duration[i]),
-                    tokens,
-                    int(status[i]),
-                    error,
-                )
+        if batch.type == "request":
+            tokens = batch.column("input_tokens", np.int64) + batch.column(
+                "output_tokens", np.int64
             )
+        else:
+            tokens = np.zeros(batch.n, dtype=np.int64)
+        self.recent.add(
+            batch.column("ts"),
+            models,
+            endpoints,
+            duration,
+            tokens,
+            status,
+            is_error,
+            batch.get("error_message"),
+            batch.get("error_type"),
+        )
 
     def _cache(self, batch: Batch, now: float) -> None:
         endpoints = label_values(batch, "endpoint")
@@ -316,9 +306,3 @@ class RequestTracker:
 
 def _len(rows: Any, batch: Batch) -> int:
     return batch.n if rows is None else len(rows)
-
-
-def _at(value: Any, i: int) -> Any:
-    if isinstance(value, (list, np.ndarray)):
-        return value[i]
-    return 0 if value is None or (isinstance(value, float) and math.isnan(value)) else value

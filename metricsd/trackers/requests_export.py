@@ -210,19 +210,7 @@ def summary_view(tracker: RequestTracker, now: float, window_seconds: float) -> 
 
 def recent_view(tracker: RequestTracker, limit: int) -> list[dict[str, Any]]:
     """``GET /metrics/recent``: the newest outcomes first."""
-    rows = list(tracker.recent)[-limit:] if limit > 0 else []
-    return [
-        {
-            "timestamp": ts,
-            "model": model,
-            "endpoint": endpoint,
-            "latency_ms": latency,
-            "tokens": tokens,
-            "status": status,
-            "error": error,
-        }
-        for ts, model, endpoint, latency, tokens, status, error in reversed(rows)
-    ]
+    return tracker.recent.newest(limit)
 
 
 def histograms_view(

@@ -248,3 +248,17 @@ def test_engine_self_metrics_count_every_event() -> None:
     assert s[("metricsd_events_invalid_total", (("reason", "decode"),))] == 1
     assert s[("metricsd_client_dropped_events_total", (("source", "w1"),))] == 12
     assert s[("metricsd_build_info", (("version", "0.1.0"),))] == 1
+
+
+def test_recent_ring_is_bounded_and_newest_first() -> None:
+    config = load_config(environ={}, overrides={"engine": {"recent_size": 5}})
+    h = Harness(config)
+    h.send(batch("m", "/e", [1.0, 2.0, 3.0]), now=1.0)
+    h.send(batch("m", "/e", [4.0, 5.0, 6.0, 7.0], status=[200, 200, 200, 503]), now=2.0)
+    recent = recent_view(h.tracker, 100)
+    assert [r["latency_ms"] for r in recent] == [7.0, 6.0, 5.0, 4.0, 3.0]
+    assert recent[0]["error"] == "HTTP 503" and recent[1]["error"] is None
+    h.send(batch("m", "/e", [float(i) for i in range(100)]), now=3.0)
+    assert [r["latency_ms"] for r in recent_view(h.tracker, 3)] == [99.0, 98.0, 97.0]
+    assert len(h.tracker.recent) == 5
+    assert len(recent_view(h.tracker, 100)) == 5

@@ -66,6 +66,11 @@ class Daemon:
 
     async def start(self) -> None:
         check_exposure(self.config)
+        if self.config.state.path:
+            log.warning(
+                "state.path is set (%s) but this version does not persist state yet; "
+                "counters start from zero after a restart", self.config.state.path
+            )
         endpoints = self.ingest.bind()
         host, port = split_host_port(self.config.http.listen)
         app = build_app(

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,9 +86,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = DEFAULT_HTTP
-    allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 65536
-    max_ws_clients: int = 1000
 
 
 @dataclass(frozen=True)
@@ -231,7 +228,6 @@ def _check(config: Config) -> None:
         "limits.max_active_streams": config.limits.max_active_streams,
         "limits.max_patterns": config.limits.max_patterns,
         "http.max_body_bytes": config.http.max_body_bytes,
-        "http.max_ws_clients": config.http.max_ws_clients,
         "ingest.rcvhwm": config.ingest.rcvhwm,
         "ingest.max_frame_bytes": config.ingest.max_frame_bytes,
         "ingest.max_events_per_frame": config.ingest.max_events_per_frame,
@@ -243,8 +239,10 @@ def _check(config: Config) -> None:
         raise ConfigError("engine.significant_figures: must be 1, 2 or 3")
     if config.log.level.lower() not in _LEVELS:
         raise ConfigError(f"log.level: must be one of {', '.join(_LEVELS)}")
-    if config.prometheus.naming not in ("llm", "otel"):
-        raise ConfigError("prometheus.naming: must be 'llm' or 'otel'")
+    if config.prometheus.naming != "llm":
+        # 'otel' (OpenTelemetry GenAI names) is part of the contract but not built yet: refuse
+        # it rather than accept a setting that would silently do nothing.
+        raise ConfigError("prometheus.naming: only 'llm' is supported in this version")
     if not config.ingest.endpoints:
         raise ConfigError("ingest.endpoints: at least one endpoint is needed")
     for endpoint in config.ingest.endpoints:
@@ -328,7 +326,7 @@ def _coerce(path: str, tp: Any, value: Any, from_text: bool) -> Any:
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError(f"{path}.{k}: expected a string")
-        return types.MappingProxyType(dict(value))
+        return dict(value)
     raise ConfigError(f"{path}: unsupported type")  # pragma: no cover
 
 

@@ -98,6 +98,17 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert "limits.max_serie: unknown key" in result.output
 
 
+def test_provider_prefix_table_replaces_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, '[providers.prefixes]\n"gpt-" = "openai"\n"acme-" = "acme"\n')
+    config = load_config(path, environ={})
+    assert dict(config.providers.prefixes) == {"gpt-": "openai", "acme-": "acme"}
+    result = CliRunner().invoke(main, ["check-config", str(path)], env={})
+    assert result.exit_code == 0 and '"acme-": "acme"' in result.output
+    bad = write(tmp_path, '[providers.prefixes]\n"x" = 1\n')
+    with pytest.raises(ConfigError, match="providers.prefixes.x: expected a string"):
+        load_config(bad, environ={})
+
+
 def test_serve_refuses_exposed_address_without_token() -> None:
     result = CliRunner().invoke(main, ["serve", "--http", "0.0.0.0:0"], env={})
     assert result.exit_code == 2

@@ -5,10 +5,12 @@ See the package docstring for the design. Invariants the code below relies on:
 - Only the application's threads append to ``_buf``; only the flusher thread swaps it and owns
   the ZeroMQ context and socket (created, used and closed in that thread).
 - The hot path reads ``self._buf`` in the same expression as the ``append`` call, after the
-  clock is read, so on CPython no other thread can run between the two (the interpreter only
-  switches threads at calls into Python code, backward jumps and some calls of C functions,
-  after they return). As a second line of defence the flusher re-reads the previously swapped
-  deque on its next cycle, so an append that raced the swap is sent one cycle late, not lost.
+  clock is read, so on CPython another thread almost never runs between the two (the GIL is
+  only handed over at a few points: calls, backward jumps, or a garbage collection triggered by
+  the tuple's allocation running a finaliser). For those rare cases the flusher re-reads the
+  previously swapped deque on its next cycle, so an append that raced the swap is sent one
+  cycle late instead of being lost. No lock is taken on the application's threads, except once
+  per process to start the flusher thread.
 - Counters written by the application's threads (``_nbufdrop``) and by the flusher
   (``_fdropped``, ``_sent``, ``_reported``) are distinct attributes: each has one kind of
   writer, so no update is lost to a read-modify-write race between the two sides.
@@ -64,6 +66,9 @@ class Emitter:
     :attr:`dropped`, and reported to the daemon in the next frame that goes through.
 
     Arguments left as ``None`` are not sent (the daemon applies the spec's default).
+
+    Create one emitter per process (per daemon endpoint) and share it between threads: each
+    one owns a thread and a ZeroMQ context until :meth:`close` (or exit).
     """
 
     def __init__(
@@ -540,7 +545,7 @@ class Emitter:
 
     def _flush(self, deadline: float, *, stop: bool) -> bool:
         thread = self._thread
-        if thread is None and (len(self._buf) or self._retired) and not stop:
+        if thread is None and len(self._buf) and not stop:
             self._start()
             thread = self._thread
         if thread is None or not thread.is_alive():
@@ -566,11 +571,12 @@ class Emitter:
                 self._cond.wait(remaining)
         if stop:
             thread.join(max(0.0, deadline - time.monotonic()) + _MAX_CLOSE_LINGER_S)
+            if thread.is_alive():
+                return False
             late = len(self._buf)  # appends that raced close(): never sent
             if late:
-                self._fdropped += late
+                self._fdropped += late  # the flusher is gone: this thread is the only writer
                 self._buf.clear()
-            return not thread.is_alive()
         return True
 
     # ------------------------------------------------------------------ flusher thread

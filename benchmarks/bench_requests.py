@@ -19,14 +19,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_of, print_table  # noqa: E402
+from common import best_of, print_table
 
-from metricsd.config import load_config  # noqa: E402
-from metricsd.engine import Engine  # noqa: E402
-from metricsd.hist import Layout  # noqa: E402
-from metricsd.protocol import decode  # noqa: E402
-from metricsd.trackers.requests import FIELDS, RequestTracker  # noqa: E402
-from metricsd.window import CounterRing, Geometry, HistRing  # noqa: E402
+from metricsd.config import load_config
+from metricsd.engine import Engine
+from metricsd.hist import Layout
+from metricsd.protocol import decode
+from metricsd.trackers.requests import FIELDS, RequestTracker
+from metricsd.window import CounterRing, Geometry, HistRing
 
 MODELS = [f"model-{i}" for i in range(8)]
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
@@ -36,17 +36,26 @@ def make_frames(count: int, batch: int) -> list[bytes]:
     rng = np.random.default_rng(0)
     frames = []
     for i in range(count):
-        frames.append(msgpack.packb({
-            "v": 1, "type": "request",
-            "const": {"model": MODELS[i % 8], "endpoint": ENDPOINTS[i % 4], "source": "bench"},
-            "cols": {
-                "ts": (1.7e9 + rng.random(batch)).tolist(),
-                "duration_ms": np.round(rng.lognormal(5, 1, batch), 3).tolist(),
-                "input_tokens": rng.integers(10, 2000, batch).tolist(),
-                "output_tokens": rng.integers(1, 800, batch).tolist(),
-                "status": np.where(rng.random(batch) < 0.02, 500, 200).tolist(),
-            },
-        }))
+        frames.append(
+            msgpack.packb(
+                {
+                    "v": 1,
+                    "type": "request",
+                    "const": {
+                        "model": MODELS[i % 8],
+                        "endpoint": ENDPOINTS[i % 4],
+                        "source": "bench",
+                    },
+                    "cols": {
+                        "ts": (1.7e9 + rng.random(batch)).tolist(),
+                        "duration_ms": np.round(rng.lognormal(5, 1, batch), 3).tolist(),
+                        "input_tokens": rng.integers(10, 2000, batch).tolist(),
+                        "output_tokens": rng.integers(1, 800, batch).tolist(),
+                        "status": np.where(rng.random(batch) < 0.02, 500, 200).tolist(),
+                    },
+                }
+            )
+        )
     return frames
 
 
@@ -102,8 +111,12 @@ def main() -> None:
             ("ratio", f"{ratio:>12.2f}"),
             ("memory, one busy latency series (1 h)", f"{memory:>12,} bytes"),
         ],
-        {"decode_only_eps": rates["decode only"], "apply_eps": rates["decode + apply"],
-         "ratio": ratio, "series_bytes": memory},
+        {
+            "decode_only_eps": rates["decode only"],
+            "apply_eps": rates["decode + apply"],
+            "ratio": ratio,
+            "series_bytes": memory,
+        },
         args.json,
     )
 

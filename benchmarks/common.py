@@ -32,7 +32,9 @@ def best_of(candidates: dict[str, Callable[[], int]], reps: int) -> dict[str, fl
     return best
 
 
-def print_table(title: str, rows: list[tuple[str, str]], extra: dict[str, Any], as_json: bool) -> None:
+def print_table(
+    title: str, rows: list[tuple[str, str]], extra: dict[str, Any], as_json: bool
+) -> None:
     if as_json:
         print(json.dumps({"benchmark": title, **extra}, indent=2))
         return

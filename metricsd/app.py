@@ -20,8 +20,14 @@ from aiohttp import web
 from metricsd.config import Config, ConfigError, split_host_port
 from metricsd.engine import Engine
 from metricsd.ingest import Ingest
+from metricsd.trackers.cost import CostTracker
+from metricsd.trackers.errors import ErrorTracker
 from metricsd.trackers.requests import RequestTracker
+from metricsd.trackers.slo import SloTracker
+from metricsd.trackers.streaming import StreamingTracker
 from metricsd.web.app import build_app
+from metricsd.web.hub import Hub
+from metricsd.webhook import WebhookSender
 from metricsd.window import Geometry
 
 __all__ = ["Daemon", "run"]
@@ -56,7 +62,27 @@ class Daemon:
         self.geometry = Geometry(slot_seconds=config.engine.slot_seconds)
         start = time.monotonic()
         self.requests = RequestTracker(config, self.geometry, start)
-        self.engine = Engine(config, [self.requests])
+        self.streaming = StreamingTracker(config, self.geometry, start)
+        self.errors = ErrorTracker(config, self.geometry, start)
+        self.slo = SloTracker(config, self.geometry, start, wall_offset=time.time() - start)
+        self.cost = CostTracker(config, start, time.time())
+        self.engine = Engine(
+            config, [self.requests, self.streaming, self.errors, self.slo, self.cost]
+        )
+        self.webhook: WebhookSender | None = None
+        if config.cost.webhook_url:
+            cost = config.cost
+            self.webhook = WebhookSender(cost.webhook_url, cost.webhook_timeout, cost.webhook_queue)
+            self.cost.alert_sinks.append(self.webhook.submit)
+            self.engine.extra_families.append(self.webhook.families)
+        self.hub = Hub(
+            self.engine,
+            self.requests,
+            [self.streaming],
+            config.http,
+            alert_sources=[self.slo, self.cost],
+        )
+        self.hub.slack = min(config.engine.tick / 2, 0.05)
         self.context = zmq.asyncio.Context()
         self.ingest = Ingest(config.ingest, self.engine, self.context)
         self.runner: web.AppRunner | None = None
@@ -69,13 +95,15 @@ class Daemon:
         if self.config.state.path:
             log.warning(
                 "state.path is set (%s) but this version does not persist state yet; "
-                "counters start from zero after a restart", self.config.state.path
+                "counters start from zero after a restart",
+                self.config.state.path,
             )
         endpoints = self.ingest.bind()
         host, port = split_host_port(self.config.http.listen)
         app = build_app(
             self.engine, self.requests, self.config.auth.token, self.config.http.max_body_bytes
         )
+        app.router.add_get("/metrics/stream", self.hub.handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
@@ -86,6 +114,8 @@ class Daemon:
         self.engine.ready = True
         self.tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
         self.tasks.append(asyncio.create_task(self._tick(), name="tick"))
+        if self.webhook is not None:
+            self.webhook.start()
         if self.config.demo.enabled:
             from metricsd.demo import run_demo
 
@@ -114,10 +144,15 @@ class Daemon:
 
     async def _tick(self) -> None:
         interval = self.config.engine.tick
+        deadline = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            # A fixed rate: the time a tick takes does not stretch the period.
+            deadline = max(deadline + interval, time.monotonic())
+            await asyncio.sleep(deadline - time.monotonic())
             try:
-                self.engine.snapshot(time.monotonic(), time.time())
+                now, wall = time.monotonic(), time.time()
+                self.engine.snapshot(now, wall)
+                self.hub.tick(now, wall)
             except Exception:
                 log.exception("error building the snapshot")
 
@@ -132,6 +167,9 @@ class Daemon:
         if drained:
             log.info("applied %d frames left in the socket at shutdown", drained)
         self.engine.snapshot(time.monotonic(), time.time())
+        await self.hub.close_all(1001)
+        if self.webhook is not None:
+            await self.webhook.close()
         if self.runner is not None:
             await self.runner.cleanup()
         self.ingest.close()

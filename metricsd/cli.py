@@ -152,3 +152,21 @@ def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None
         sock.close()
         context.term()
     click.echo(f"sent {event_type} to {target}")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def pricing(config_path: str | None, as_json: bool) -> None:
+    """Print the effective price table (built-in, merged with the config's)."""
+    from metricsd.pricing import format_table, load_pricing
+
+    try:
+        table = load_pricing(load_config(config_path).cost)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps(table.describe(), indent=2))
+    else:
+        click.echo(format_table(table), nl=False)

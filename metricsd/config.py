@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -77,6 +78,8 @@ TOKEN_BUCKETS: Final = (
     67108864,
 )
 COST_BUCKETS: Final = (0.000001, 0.00001, 0.0001, 0.001, 0.01, 0.1, 1, 10)
+#: Output tokens per second of a stream (decode rate); not an OpenTelemetry convention.
+TPS_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class ConfigError(ValueError):
@@ -87,6 +90,16 @@ class ConfigError(ValueError):
 class HttpConfig:
     listen: str = DEFAULT_HTTP
     max_body_bytes: int = 65536
+    #: Browser origins allowed to open the WebSocket besides the daemon's own host.
+    allowed_origins: tuple[str, ...] = ()
+    max_ws_clients: int = 1000
+    #: A WebSocket client that cannot take updates for this long is closed with 1008.
+    ws_slow_grace: float = 10.0
+    #: Protocol-level ping interval; a peer that does not answer is closed.
+    ws_heartbeat: float = 20.0
+    #: Inbound WebSocket messages per second (and burst) before the client is closed with 1008.
+    ws_message_rate: float = 20.0
+    ws_message_burst: float = 40.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,7 @@ class PrometheusConfig:
     itl_buckets: tuple[float, ...] = ITL_BUCKETS
     token_buckets: tuple[float, ...] = TOKEN_BUCKETS
     cost_buckets: tuple[float, ...] = COST_BUCKETS
+    tps_buckets: tuple[float, ...] = TPS_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -173,9 +187,96 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    """Stream lifecycle: idle streams end as ``abandoned``; an ITL above ``stall_ms`` is a stall."""
+
+    idle_timeout: float = 600.0
+    stall_ms: float = 500.0
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     enabled: bool = False
     rate: float = 50.0
+
+
+_KEY_ID: Final = re.compile(r"k_[0-9a-f]{12}\Z")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """One ``[[cost.budgets]]`` table. ``key``: a key_id, ``*`` (all keys) or a raw API key,
+    which is hashed here so the raw key never stays in the configuration."""
+
+    key: str = ""
+    limit_usd: float = -1.0
+    period: str = "monthly"
+    limit_type: str = "soft"
+    alert_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.key and self.key != "*" and not _KEY_ID.match(self.key):
+            from metricsd.protocol import hash_key
+
+            object.__setattr__(self, "key", hash_key(self.key))
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Prices, budgets, alerts and suggestions (SPEC §4.6); see docs/cost-and-budgets.md."""
+
+    pricing_file: str = ""
+    prices: Mapping[str, Any] = field(default_factory=dict)
+    timezone: str = "UTC"
+    budgets: tuple[BudgetConfig, ...] = ()
+    max_keys: int = 10_000
+    max_budgets: int = 10_000
+    webhook_url: str = ""
+    webhook_timeout: float = 5.0
+    webhook_queue: int = 1000
+    alerts_size: int = 1000
+    suggestion_interval: float = 60.0
+    suggestion_min_savings_usd: float = 1.0
+    suggestion_min_requests: int = 10
+    long_prompt_tokens: int = 1024
+    projection_min_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    """One ``[[slo]]`` table (SPEC §4.5). Empty selectors select everything."""
+
+    name: str = "availability"
+    objective: float = 0.999
+    endpoints: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    budget_window: float = 30 * 86400.0
+    bad_statuses: tuple[int, ...] = (429,)
+    bad_min_status: int = 500
+    service: str = "metricsd"
+
+
+MAX_SLOS: Final = 32
+MAX_BUDGET_WINDOW: Final = 90 * 86400.0
+
+
+def _check_slos(slos: tuple[SloConfig, ...]) -> None:
+    if len(slos) > MAX_SLOS:
+        raise ConfigError(f"slo: at most {MAX_SLOS} SLOs, got {len(slos)}")
+    names: set[str] = set()
+    for i, slo in enumerate(slos):
+        path = f"slo[{i}]"
+        if not slo.name or slo.name in names:
+            raise ConfigError(f"{path}.name: must be non-empty and unique, got {slo.name!r}")
+        names.add(slo.name)
+        if not 0.0 < slo.objective < 1.0:
+            raise ConfigError(f"{path}.objective: must be between 0 and 1, got {slo.objective!r}")
+        if not 3600.0 <= slo.budget_window <= MAX_BUDGET_WINDOW:
+            raise ConfigError(f"{path}.budget_window: must be 3600 to {MAX_BUDGET_WINDOW:.0f} s")
+        if not 100 <= slo.bad_min_status <= 1000:
+            raise ConfigError(f"{path}.bad_min_status: must be 100 to 1000")
+        if any(not 100 <= s <= 599 for s in slo.bad_statuses):
+            raise ConfigError(f"{path}.bad_statuses: HTTP statuses are 100 to 599")
 
 
 @dataclass(frozen=True)
@@ -190,6 +291,9 @@ class Config:
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     log: LogConfig = field(default_factory=LogConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    slo: tuple[SloConfig, ...] = (SloConfig(),)
+    cost: CostConfig = field(default_factory=CostConfig)
     ready_file: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,12 +317,22 @@ _LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 def _check(config: Config) -> None:
     """Cross-field checks a type cannot express."""
+    _check_slos(config.slo)
+    from metricsd.budgets import check_cost_config
+
+    check_cost_config(config.cost)
     positive = {
         "engine.tick": config.engine.tick,
         "engine.slot_seconds": config.engine.slot_seconds,
         "state.interval": config.state.interval,
         "limits.series_ttl": config.limits.series_ttl,
         "demo.rate": config.demo.rate,
+        "http.ws_slow_grace": config.http.ws_slow_grace,
+        "http.ws_heartbeat": config.http.ws_heartbeat,
+        "http.ws_message_rate": config.http.ws_message_rate,
+        "http.ws_message_burst": config.http.ws_message_burst,
+        "streaming.idle_timeout": config.streaming.idle_timeout,
+        "streaming.stall_ms": config.streaming.stall_ms,
     }
     for path, value in positive.items():
         if not value > 0:
@@ -228,6 +342,7 @@ def _check(config: Config) -> None:
         "limits.max_active_streams": config.limits.max_active_streams,
         "limits.max_patterns": config.limits.max_patterns,
         "http.max_body_bytes": config.http.max_body_bytes,
+        "http.max_ws_clients": config.http.max_ws_clients,
         "ingest.rcvhwm": config.ingest.rcvhwm,
         "ingest.max_frame_bytes": config.ingest.max_frame_bytes,
         "ingest.max_events_per_frame": config.ingest.max_events_per_frame,
@@ -255,6 +370,7 @@ def _check(config: Config) -> None:
         "prometheus.itl_buckets": config.prometheus.itl_buckets,
         "prometheus.token_buckets": config.prometheus.token_buckets,
         "prometheus.cost_buckets": config.prometheus.cost_buckets,
+        "prometheus.tps_buckets": config.prometheus.tps_buckets,
     }.items():
         if not bounds or any(b <= a for a, b in itertools.pairwise(bounds)):
             raise ConfigError(f"{path}: must be a non-empty, strictly increasing list")
@@ -313,6 +429,11 @@ def _coerce(path: str, tp: Any, value: Any, from_text: bool) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        # An element of an array of tables (``[[slo]]``): a table merged onto the defaults.
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a table, got {value!r}")
+        return _merge(tp(), value, f"{path}.", from_text)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if isinstance(value, str):
@@ -323,6 +444,8 @@ def _coerce(path: str, tp: Any, value: Any, from_text: bool) -> Any:
     if origin is not None and origin in (Mapping, dict, typing.Mapping):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a table, got {value!r}")
+        if typing.get_args(tp)[1:] == (Any,):
+            return dict(value)  # free-form data, validated by its owner (``cost.prices``)
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError(f"{path}.{k}: expected a string")

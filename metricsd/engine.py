@@ -8,6 +8,7 @@ in, so tests drive it with a synthetic clock.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from metricsd import __version__
 from metricsd.config import Config
-from metricsd.export.prometheus import Family, render_openmetrics, render_text
+from metricsd.export.prometheus import Family, render_both
 from metricsd.protocol import REASONS, Batch, DecodeResult, Limits
 from metricsd.schema import EVENT_TYPES
 
@@ -40,24 +41,52 @@ class Tracker(Protocol):
 
     def series_overflow(self) -> int: ...
 
-    def expire(self, now: float) -> None: ...
+    def expire(self, now: float) -> list[Batch] | None:
+        """Drop idle state. May return derived batches like ``apply`` (e.g. the request
+        outcomes of streams that ended as abandoned), routed the same way."""
+        ...
 
 
 @dataclass(slots=True)
 class Snapshot:
-    """What readers see between two ticks. Views are computed at most once per snapshot."""
+    """What readers see between two ticks. Views are computed at most once per snapshot.
+
+    The exposition is rendered at the tick while someone scrapes; with no scraper for a minute
+    it is rendered on the first scrape instead (once, then served from this snapshot), so an
+    unscraped daemon does not spend a core rendering text nobody reads.
+    """
 
     tick: int
     now: float
     wall: float
-    text: bytes
-    openmetrics: bytes
+    _render: Callable[[], tuple[bytes, bytes]] | None = None
+    _exposition: tuple[bytes, bytes] | None = None
     _views: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def exposition(self) -> tuple[bytes, bytes]:
+        """(text 0.0.4, OpenMetrics) bytes."""
+        if self._exposition is None:
+            assert self._render is not None
+            self._exposition = self._render()
+            self._render = None
+        return self._exposition
+
+    @property
+    def text(self) -> bytes:
+        return self.exposition()[0]
+
+    @property
+    def openmetrics(self) -> bytes:
+        return self.exposition()[1]
 
     def view(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         if key not in self._views:
             self._views[key] = build()
         return self._views[key]
+
+
+#: With no scrape for this long, the exposition is rendered on demand instead of every tick.
+SCRAPER_GONE_SECONDS = 60.0
 
 
 class Engine:
@@ -89,6 +118,7 @@ class Engine:
         self.ready = False
         self.started_wall = time.time()
         self.ticks = 0
+        self.last_scrape = -math.inf  # monotonic time of the last /metrics request
         self.snapshot_: Snapshot | None = None
         self.extra_families: list[Callable[[float], list[Family]]] = []
 
@@ -109,11 +139,17 @@ class Engine:
         for tracker in self._routes[batch.type]:
             derived = tracker.apply(batch, now, wall)
             if derived:
-                for extra in derived:
-                    self.events_derived[extra.type] += extra.n
-                    for other in self._routes[extra.type]:
-                        if other is not tracker:
-                            other.apply(extra, now, wall)
+                self._route_derived(tracker, derived, now, wall)
+
+    def _route_derived(
+        self, origin: Tracker, derived: list[Batch], now: float, wall: float
+    ) -> None:
+        """Hand batches a tracker derived to every *other* tracker of their type."""
+        for extra in derived:
+            self.events_derived[extra.type] += extra.n
+            for other in self._routes[extra.type]:
+                if other is not origin:
+                    other.apply(extra, now, wall)
 
     def reject_frame(self, reason: str, count: int = 1) -> None:
         """A frame refused before decoding (e.g. a multipart message)."""
@@ -131,10 +167,13 @@ class Engine:
         """Build and cache the snapshot for this tick (renders the exposition once)."""
         started = time.perf_counter()
         for tracker in self.trackers:
-            tracker.expire(now)
-        families = self.families(now)
+            expired = tracker.expire(now)
+            if expired:
+                self._route_derived(tracker, expired, now, wall)
         self.ticks += 1
-        snap = Snapshot(self.ticks, now, wall, render_text(families), render_openmetrics(families))
+        snap = Snapshot(self.ticks, now, wall, _render=lambda: render_both(self.families(now)))
+        if now - self.last_scrape <= SCRAPER_GONE_SECONDS:
+            snap.exposition()
         self.snapshot_ = snap
         self.tick_seconds = time.perf_counter() - started
         return snap

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from metricsd.config import Config
-from metricsd.export.prometheus import Family
+from metricsd.export.prometheus import Family, render_labels
 from metricsd.hist import Buckets, Layout
 from metricsd.protocol import Batch
 from metricsd.series import SeriesRegistry
@@ -45,6 +45,7 @@ class RequestSeries:
         "buckets",
         "errors_total",
         "first_seen",
+        "labels",
         "latency",
         "queue_buckets",
         "queue_wait",
@@ -53,7 +54,11 @@ class RequestSeries:
         "window",
     )
 
-    def __init__(self, geometry: Geometry, config: Config, now: float) -> None:
+    def __init__(
+        self, geometry: Geometry, config: Config, now: float, key: tuple[str, ...]
+    ) -> None:
+        # Rendered once: escaping label values on every tick would dominate the exposition.
+        self.labels = render_labels(tuple(zip(("provider", "endpoint", "model"), key, strict=True)))
         self.first_seen = now
         self.window = CounterRing(geometry, len(FIELDS))
         self.latency = HistRing(geometry, LATENCY_LAYOUT)
@@ -93,7 +98,7 @@ class RequestTracker:
         limits = config.limits
         cap, ttl = limits.max_series, limits.series_ttl
         self.series: SeriesRegistry[RequestSeries] = SeriesRegistry(
-            "requests", lambda _k: RequestSeries(geometry, config, self._now), cap, ttl
+            "requests", lambda k: RequestSeries(geometry, config, self._now, k), cap, ttl
         )
         self.finish: SeriesRegistry[list[int]] = SeriesRegistry("finish", lambda _k: [0], cap, ttl)
         self.errors: SeriesRegistry[list[int]] = SeriesRegistry("errors", lambda _k: [0], cap, ttl)

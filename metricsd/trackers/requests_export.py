@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from metricsd.export.prometheus import Family
+from metricsd.export.prometheus import Family, with_label
 from metricsd.hist import Hist
 from metricsd.trackers.base import rate
+from metricsd.trackers.requests import TOKEN_TYPES
 from metricsd.window import HistView
 
 if TYPE_CHECKING:
@@ -45,14 +46,15 @@ def request_families(tracker: RequestTracker, now: float) -> list[Family]:
     duration = Family("llm_request_duration_seconds", "histogram", "Request duration.")
     tokens = Family("llm_tokens", "counter", "Tokens processed, by type.")
     queue_wait: dict[tuple[str, str], tuple[list[int], float]] = {}
-    for (provider, endpoint, model), s in sorted(tracker.series.items()):
-        labels = (("provider", provider), ("endpoint", endpoint), ("model", model))
+    for (_provider, endpoint, model), s in sorted(tracker.series.items()):
+        labels = s.labels  # rendered once per series
         for status, count in sorted(s.statuses.items()):
-            requests.counter(count, (*labels, ("status", status)))
+            requests.counter(count, with_label(labels, "status", status))
         if s.buckets.count:
             duration.histogram(labels, prom.duration_buckets, s.buckets.cumulative(), s.buckets.sum)
-        for i, token_type in enumerate(("input", "output", "cached", "cache_write", "reasoning")):
-            tokens.counter(int(s.tokens[i]), (*labels, ("type", token_type)))
+        token_counts = s.tokens.tolist()
+        for i, token_type in enumerate(TOKEN_TYPES):
+            tokens.counter(token_counts[i], with_label(labels, "type", token_type))
         if s.queue_buckets is not None and s.queue_buckets.count:
             cum, total = queue_wait.get(
                 (endpoint, model), ([0] * (len(prom.duration_buckets) + 1), 0.0)

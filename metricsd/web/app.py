@@ -7,9 +7,8 @@ for a view (computed at most once per tick and shared by every reader) and seria
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,8 +20,11 @@ from metricsd.export.prometheus import (
     CONTENT_TYPE_TEXT,
     wants_openmetrics,
 )
+from metricsd.jsonutil import dumps
 from metricsd.trackers.requests import RequestTracker
 from metricsd.trackers.requests_export import histograms_view, json_view, recent_view, summary_view
+from metricsd.web.routes_cost import add_routes as add_cost_routes
+from metricsd.web.routes_errors import add_routes as add_error_routes
 
 __all__ = ["ENGINE", "REQUESTS", "build_app", "json_response"]
 
@@ -34,21 +36,6 @@ TOKEN: web.AppKey[str] = web.AppKey("token", str)
 
 _PUBLIC = frozenset({"/healthz", "/readyz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _finite(value: Any) -> Any:
-    """Strict JSON: NaN and infinities become null (SPEC: JSON is strict)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(_finite(value), allow_nan=False, separators=(",", ":"))
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
@@ -107,6 +94,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def prometheus(request: web.Request) -> web.Response:
     snap = _snapshot(request)
+    request.app[ENGINE].last_scrape = time.monotonic()
     if wants_openmetrics(request.headers.get("Accept", "")):
         return web.Response(
             body=snap.openmetrics, headers={"Content-Type": CONTENT_TYPE_OPENMETRICS}
@@ -130,7 +118,12 @@ def _number(request: web.Request, name: str, default: float, lo: float, hi: floa
 async def metrics_json(request: web.Request) -> web.Response:
     snap = _snapshot(request)
     tracker = request.app[REQUESTS]
-    return json_response(snap.view(("json",), lambda: json_view(tracker, snap.now)))
+    from metricsd.web.routes_streaming import streaming_stats
+
+    def build() -> dict[str, Any]:
+        return json_view(tracker, snap.now, streaming_stats(request.app, snap.now))
+
+    return json_response(snap.view(("json",), build))
 
 
 async def metrics_summary(request: web.Request) -> web.Response:
@@ -177,4 +170,9 @@ def build_app(
     app.router.add_get("/metrics/summary", metrics_summary)
     app.router.add_get("/metrics/recent", metrics_recent)
     app.router.add_get("/metrics/histograms", metrics_histograms)
+    from metricsd.web import routes_streaming  # imports this module: import it late
+
+    routes_streaming.add_routes(app)
+    add_error_routes(app, engine)
+    add_cost_routes(app, engine)
     return app

@@ -1,0 +1,322 @@
+"""The cost tracker (SPEC §4.6): what every request and usage record costs, budgets, suggestions.
+
+Consumes ``request`` events (including the request outcomes of finished streams, derived by the
+streaming tracker) and ``usage`` events. Each batch is grouped by (model, endpoint, key_id,
+provider); a group's rows are priced together with numpy (:mod:`cost_calc`), in exact integer
+pUSD, and its totals are added to:
+
+- the Prometheus series (model, endpoint, key_id) and the per-model cost histogram;
+- the totals of every key and of all keys (:class:`cost_state.Totals`), which feed the JSON
+  views, the 24 h / 7 d windows, the projection and the budgets' calendar periods.
+
+Budgets are checked after every batch for the keys it touched; a level crossed for the first time
+in a period appends a ``budget_alert`` to :attr:`CostTracker.alerts` (the WebSocket hub drains
+it) and calls every function in :attr:`CostTracker.alert_sinks` (the webhook sender). Nothing
+here reads a clock: ``now`` (monotonic) and ``wall`` (Unix) are arguments.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from metricsd.budgets import (
+    Budget,
+    BudgetError,
+    alerts_due,
+    apply_update,
+    local_day,
+    parse_update,
+    period_bounds,
+    status,
+    used_since,
+)
+from metricsd.config import Config
+from metricsd.export.prometheus import Family
+from metricsd.pricing import load_pricing, to_pico
+from metricsd.protocol import Batch
+from metricsd.series import OVERFLOW, SeriesRegistry
+from metricsd.trackers.base import UNKNOWN, group_rows, label_values, take
+from metricsd.trackers.cost_calc import GroupCost, Quantities, price_rows
+from metricsd.trackers.cost_state import PicoBuckets, Totals, exact_sum
+
+__all__ = ["ALL_KEYS", "CostTracker"]
+
+ALL_KEYS: Final = "*"
+Alert = dict[str, Any]
+
+
+class CostTracker:
+    """See the module docstring."""
+
+    name = "cost"
+    event_types = frozenset({"request", "usage"})
+
+    def __init__(self, config: Config, start: float, wall_start: float) -> None:
+        self.config = config
+        cost = config.cost
+        self.pricing = load_pricing(cost)
+        self.tz = ZoneInfo(cost.timezone)
+        cap, ttl = config.limits.max_series, config.limits.series_ttl
+        bounds = np.array([to_pico(b) for b in config.prometheus.cost_buckets], dtype=np.int64)
+        self.series: SeriesRegistry[list[int]] = SeriesRegistry("cost", lambda _k: [0], cap, ttl)
+        self.hist: SeriesRegistry[PicoBuckets] = SeriesRegistry(
+            "cost_hist", lambda _k: PicoBuckets(bounds), cap, ttl
+        )
+        self.all = Totals(cap)
+        self.keys: dict[str, Totals] = {}
+        self.keys_overflowed = 0
+        self.unpriced: dict[str, int] = {}
+        self.clamped = 0
+        self.cache_savings: dict[str, list[int]] = {}  # model → [tokens, regular, cost, premium]
+        self.batch_savings = [0, 0, 0]  # requests, regular, billed
+        self.budgets: dict[str, Budget] = {}
+        for b in cost.budgets:
+            self.budgets[b.key] = apply_update(b.key, None, _fields(b))
+        self.alerts: deque[Alert] = deque(maxlen=cost.alerts_size)
+        self.alerts_sent: dict[str, int] = {"threshold": 0, "exceeded": 0}
+        self.alert_sinks: list[Callable[[Alert], None]] = []
+        self.suggestions: dict[tuple[str, str], dict[str, Any]] = {}
+        self.suggested_at: float | None = None
+        self._last_suggest = start
+        self.dirty: set[str] = set()
+        self._providers: dict[str, str] = {}
+        self.start = start
+        self.wall_offset = wall_start - start
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def apply(self, batch: Batch, now: float, wall: float) -> None:
+        """Price and record a batch (nothing derived)."""
+        self.wall_offset = wall - now
+        n = batch.n
+        is_request = batch.type == "request"
+        zeros = np.zeros(n, dtype=np.int64)
+
+        def ints(name: str, present: bool = True) -> Any:
+            return batch.column(name, np.int64) if present else zeros
+
+        inputs = ints("input_tokens" if is_request else "prompt_tokens")
+        outputs = ints("output_tokens" if is_request else "completion_tokens")
+        cached = ints("cached_tokens")
+        writes = ints("cache_write_tokens", is_request)
+        chars = ints("characters", not is_request)
+        given = batch.column("cost_usd")
+        flags = batch.column("batch", bool)
+        sync = ~(batch.column("streaming", bool) | flags) if is_request else np.zeros(n, bool)
+        images = None if is_request else batch.get("images")
+        models = label_values(batch, "model")
+        keys = label_values(batch, "key_id")
+        labels = [models, label_values(batch, "endpoint"), keys, self._providers_of(batch, models)]
+        hour, day = int(now // 3600), local_day(wall, self.tz)
+        touched: set[str] = set()
+        for (model, endpoint, key, provider), rows in group_rows(batch, labels):
+            q = Quantities(
+                take(inputs, rows),
+                take(outputs, rows),
+                take(cached, rows),
+                take(writes, rows),
+                take(chars, rows),
+                take(given, rows),
+                take(flags, rows),
+                take(images, rows),
+            )
+            res = self.pricing.resolve(model)
+            includes = self.pricing.input_includes_cached(provider)
+            g = price_rows(q, res, includes, self.pricing, model)
+            key = self._record(model, endpoint, key, g, q, take(sync, rows), now, hour, day)
+            touched.add(key)
+        self._check_budgets(touched, wall)
+
+    def _record(
+        self,
+        model: str,
+        endpoint: str,
+        key: str,
+        g: GroupCost,
+        q: Quantities,
+        sync: Any,
+        now: float,
+        hour: int,
+        day: int,
+    ) -> str:
+        count = len(q.input)
+        total = exact_sum(g.cost)
+        tokens = [exact_sum(c) for c in (q.input, q.output, q.cached, q.cache_write)]
+        self.series.get((model, endpoint, key), now, count)[0] += total
+        if g.priced.any():
+            self.hist.get((model,), now, count).record(g.cost[g.priced])
+        self.all.add(model, endpoint, total, count, tokens, hour, day)
+        key, state = self._key(key, now)
+        state.add(model, endpoint, total, count, tokens, hour, day)
+        if g.unpriced:
+            name = model if model in self.unpriced or len(self.unpriced) < 1000 else OVERFLOW
+            self.unpriced[name] = self.unpriced.get(name, 0) + g.unpriced
+        self.clamped += g.clamped
+        if g.cached_tokens or g.write_premium:
+            entry = self.cache_savings.setdefault(
+                model if len(self.cache_savings) < self.config.limits.max_series else OVERFLOW,
+                [0, 0, 0, 0],
+            )
+            for i, v in enumerate(
+                (g.cached_tokens, g.cache_regular, g.cache_cost, g.write_premium)
+            ):
+                entry[i] += v
+        if g.batch_requests:
+            for i, v in enumerate((g.batch_requests, g.batch_regular, g.batch_billed)):
+                self.batch_savings[i] += v
+        if g.tokens.any():
+            self._usage(state, model, g, q, sync, now)
+        self.dirty.add(key)
+        return key
+
+    def _usage(
+        self, state: Totals, model: str, g: GroupCost, q: Quantities, sync: Any, now: float
+    ) -> None:
+        ring = state.usage_ring(model)
+        if ring is None:
+            return
+        rows = g.tokens
+        long = rows & (q.input >= self.config.cost.long_prompt_tokens)
+        sync_rows = rows & sync
+        ring.add(
+            now,
+            [
+                float(np.count_nonzero(rows)),
+                float(exact_sum(g.cost[rows])),
+                float(exact_sum(g.list_cost[rows])),
+                float(g.full[rows].sum()),
+                float(g.cached[rows].sum()),
+                float(g.cache_write[rows].sum()),
+                float(q.output[rows].sum()),
+                float(np.count_nonzero(long)),
+                float(g.full[long].sum()),
+                float(g.cached[long].sum()),
+                float(np.count_nonzero(sync_rows)),
+                float(exact_sum(g.cost[sync_rows])),
+            ],
+        )
+
+    def _key(self, key: str, now: float) -> tuple[str, Totals]:
+        """The key's totals; keys beyond ``cost.max_keys`` share the ``__overflow__`` entry."""
+        state = self.keys.get(key)
+        if state is None:
+            if len(self.keys) >= self.config.cost.max_keys:
+                self.keys_overflowed += 1
+                key = OVERFLOW
+                state = self.keys.get(key)
+            if state is None:
+                state = self.keys[key] = Totals(64)
+        return key, state
+
+    def provider_for(self, model: str) -> str:
+        """Provider from the configured model-name prefixes (longest prefix wins)."""
+        found = self._providers.get(model)
+        if found is None:
+            prefixes: Mapping[str, str] = self.config.providers.prefixes
+            matches = [p for p in prefixes if model.startswith(p)]
+            found = prefixes[max(matches, key=len)] if matches else UNKNOWN
+            if len(self._providers) < 10_000:
+                self._providers[model] = found
+        return found
+
+    def _providers_of(self, batch: Batch, models: str | list[str]) -> str | list[str]:
+        given = batch.get("provider") if batch.type == "request" else None
+        if isinstance(given, list) or isinstance(models, list):
+            n = batch.n
+            given_list = given if isinstance(given, list) else [given] * n
+            model_list = models if isinstance(models, list) else [models] * n
+            return [
+                p if p else self.provider_for(m)
+                for p, m in zip(given_list, model_list, strict=True)
+            ]
+        return str(given) if given else self.provider_for(models)
+
+    # --- budgets --------------------------------------------------------------------------
+
+    def _totals_for(self, key_id: str) -> Totals | None:
+        return self.all if key_id == ALL_KEYS else self.keys.get(key_id)
+
+    def _used(self, budget: Budget, wall: float) -> tuple[int, float, float | None]:
+        first_day, start, resets = period_bounds(budget.period, wall, self.tz)
+        totals = self._totals_for(budget.key_id)
+        used = used_since(totals.days, totals.total, first_day) if totals is not None else 0
+        return used, start, resets
+
+    def _check_budgets(self, touched: set[str], wall: float) -> None:
+        if not self.budgets:
+            return
+        for key_id in [*touched, ALL_KEYS] if touched else []:
+            budget = self.budgets.get(key_id)
+            if budget is not None:
+                used, start, _resets = self._used(budget, wall)
+                for alert in alerts_due(budget, used, start, wall):
+                    self._emit(alert)
+
+    def _emit(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+        self.alerts_sent[alert["level"]] += 1
+        for sink in self.alert_sinks:
+            sink(alert)
+
+    def budget_status(self, key_id: str, wall: float) -> dict[str, Any] | None:
+        """The status of SPEC §2 at ``wall`` (periods evaluated now), or None without a budget."""
+        budget = self.budgets.get(key_id)
+        if budget is None:
+            return None
+        used, start, resets = self._used(budget, wall)
+        return status(budget, used, start, resets)
+
+    def put_budget(self, key_id: str, body: Any, wall: float) -> dict[str, Any]:
+        """Create or update a budget from a request body; raises BudgetError on bad input."""
+        existing = self.budgets.get(key_id)
+        fields = parse_update(body, creating=existing is None)
+        if existing is None and len(self.budgets) >= self.config.cost.max_budgets:
+            raise BudgetError(f"too many budgets (cost.max_budgets = {len(self.budgets)})")
+        self.budgets[key_id] = apply_update(key_id, existing, fields)
+        self._check_budgets({key_id}, wall)
+        result = self.budget_status(key_id, wall)
+        assert result is not None
+        return result
+
+    def delete_budget(self, key_id: str) -> bool:
+        return self.budgets.pop(key_id, None) is not None
+
+    # --- housekeeping and views -----------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        self.series.expire(now)
+        self.hist.expire(now)
+        if now - self._last_suggest >= self.config.cost.suggestion_interval:
+            self._last_suggest = now
+            from metricsd.trackers.cost_suggest import refresh
+
+            refresh(self, now)
+
+    def series_count(self) -> int:
+        return len(self.series)
+
+    def series_overflow(self) -> int:
+        return self.series.overflowed + self.hist.overflowed + self.keys_overflowed
+
+    def families(self, now: float) -> list[Family]:
+        from metricsd.trackers.cost_export import cost_families
+
+        return cost_families(self, now)
+
+
+def _fields(b: Any) -> dict[str, Any]:
+    """A ``[[cost.budgets]]`` entry (already validated by the config) → budget fields."""
+    return parse_update(
+        {
+            "limit_usd": b.limit_usd,
+            "period": b.period,
+            "limit_type": b.limit_type,
+            "alert_threshold": b.alert_threshold,
+        },
+        creating=True,
+    )

@@ -1,0 +1,294 @@
+"""SLOs, error budgets and multi-window burn rates (SPEC §4.5).
+
+Each configured SLO (``[[slo]]``; one default ``availability`` SLO at 99.9 % over 30 days)
+selects outcomes by endpoint and model and classifies each as good or bad (bad by default:
+``status ≥ 500`` or ``status == 429``; an ``error`` event without a status reads as 500, so it
+is bad). Counts of (outcomes, bad) are kept in two rings of fixed size:
+
+- a fine ring of 10-second slots over the last hour, for the 5 m, 30 m and 1 h windows;
+- a coarse ring of 1-minute slots over the budget window (at least 3 days), for 6 h, 1 d, 3 d
+  and the budget itself: 43 200 slots × 2 × 8 bytes ≈ 690 KB for 30 days.
+
+A window of W seconds is the current slot plus the ``ceil(W / slot) − 1`` before it, so a 5 m
+window covers the last 4 m 50 s – 5 m and a 6 h window the last 5 h 59 m – 6 h. Closed slots never
+change (writes only go to the current slot), so their sums are cached until the slot turns.
+
+``burn_rate(w)`` = (bad ÷ total over w) ÷ (1 − objective), 0 with no traffic. Decimal
+arithmetic from the objective as written (0.999 → exactly 0.001 allowed) keeps budgets and burn
+rates free of float residue: 99 good + 1 bad at 99.9 % burns at exactly 10.0, and 1 001 outcomes
+allow exactly 1.001 bad ones (FakeAI floored a float product and reported 100 % remaining while
+the SLO was violated). Alerts follow the Google SRE workbook's multi-window, multi-burn-rate
+rule; an alert *starting* appends one ``slo_alert`` record to :attr:`SloTracker.alerts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from metricsd.config import Config, SloConfig
+from metricsd.export.prometheus import Family
+from metricsd.protocol import Batch
+from metricsd.series import SeriesRegistry
+from metricsd.trackers.base import group_rows, label_values
+from metricsd.trackers.errors import status_column
+from metricsd.window import CounterRing, Geometry
+
+__all__ = ["WINDOWS", "CountRing", "SloState", "SloStatus", "SloTracker"]
+
+log = logging.getLogger("metricsd.slo")
+
+#: Burn-rate windows: name → seconds.
+WINDOWS: Final = {
+    "5m": 300.0,
+    "30m": 1800.0,
+    "1h": 3600.0,
+    "6h": 21600.0,
+    "1d": 86400.0,
+    "3d": 259200.0,
+}
+FINE_SLOT: Final = 10.0
+FINE_SLOTS: Final = 360  # 1 hour
+COARSE_SLOT: Final = 60.0
+ENDPOINT_WINDOW: Final = 3600.0
+MAX_ENDPOINTS: Final = 1000  # per SLO, for endpoint_error_rates
+MAX_ALERTS: Final = 100
+
+
+class CountRing:
+    """(outcomes, bad) per time slot over a fixed number of slots; see the module docstring."""
+
+    __slots__ = ("_closed", "_closed_head", "counts", "head", "slot_seconds")
+
+    def __init__(self, slot_seconds: float, slots: int) -> None:
+        self.slot_seconds = slot_seconds
+        self.counts = np.zeros((slots, 2), dtype=np.int64)
+        self.head: int | None = None  # index of the newest slot
+        self._closed: dict[int, npt.NDArray[np.int64]] = {}
+        self._closed_head: int | None = None
+
+    def _advance(self, now: float) -> int:
+        """Move the head to ``now``'s slot, clearing the slots skipped; return the head.
+
+        A time before the head (never, with a monotonic clock) counts in the head slot.
+        """
+        slot = int(now // self.slot_seconds)
+        head = self.head
+        if head is None:
+            self.head = slot
+            return slot
+        if slot <= head:
+            return head
+        size = len(self.counts)
+        if slot - head >= size:
+            self.counts[:] = 0
+        else:
+            self.counts[np.arange(head + 1, slot + 1) % size] = 0
+        self.head = slot
+        return slot
+
+    def add(self, now: float, total: int, bad: int) -> None:
+        row = self.counts[self._advance(now) % len(self.counts)]
+        row[0] += total
+        row[1] += bad
+
+    def sums(self, now: float, seconds: float) -> tuple[int, int]:
+        """(outcomes, bad) over the current slot and the ``ceil(seconds/slot) − 1`` before."""
+        head = self._advance(now)
+        size = len(self.counts)
+        k = max(1, min(size, math.ceil(seconds / self.slot_seconds - 1e-9)))
+        if self._closed_head != head:
+            self._closed = {}
+            self._closed_head = head
+        closed = self._closed.get(k)
+        if closed is None:
+            if k > 1:
+                closed = self.counts[np.arange(head - k + 1, head) % size].sum(axis=0)
+            else:
+                closed = np.zeros(2, dtype=np.int64)
+            self._closed[k] = closed
+        current = self.counts[head % size]
+        return int(closed[0] + current[0]), int(closed[1] + current[1])
+
+
+@dataclass(frozen=True, slots=True)
+class SloStatus:
+    """One SLO evaluated at one instant; every number a plain Python value."""
+
+    total: int
+    bad: int
+    budget_total: float
+    budget_remaining: float
+    budget_percentage: float
+    violated: bool
+    burn_rates: dict[str, float]
+    page: bool
+    ticket: bool
+
+
+class SloState:
+    """One SLO: its selector, bad-outcome rule, rings and alert state."""
+
+    def __init__(self, config: SloConfig, geometry: Geometry, ttl: float) -> None:
+        self.config = config
+        self.name = config.name
+        #: The allowed bad fraction, exact for the objective as written.
+        self.allowed = Decimal(1) - Decimal(repr(config.objective))
+        self.objective = Decimal(repr(config.objective))
+        self.fine = CountRing(FINE_SLOT, FINE_SLOTS)
+        span = max(config.budget_window, WINDOWS["3d"])
+        self.coarse = CountRing(COARSE_SLOT, math.ceil(span / COARSE_SLOT - 1e-9))
+        self.endpoints: SeriesRegistry[CounterRing] = SeriesRegistry(
+            f"slo:{config.name}", lambda _k: CounterRing(geometry, 2), MAX_ENDPOINTS, ttl
+        )
+        self._endpoint_set = frozenset(config.endpoints)
+        self._model_set = frozenset(config.models)
+        self._bad_statuses = np.array(sorted(set(config.bad_statuses)), dtype=np.int64)
+        self.page = False
+        self.ticket = False
+        self._status: tuple[float, SloStatus] | None = None
+
+    def selects(self, endpoint: str, model: str) -> bool:
+        return (not self._endpoint_set or endpoint in self._endpoint_set) and (
+            not self._model_set or model in self._model_set
+        )
+
+    def bad_mask(self, status: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        bad = status >= self.config.bad_min_status
+        if self._bad_statuses.size:
+            bad |= np.isin(status, self._bad_statuses)
+        return bad
+
+    def add(self, now: float, total: int, bad: int) -> None:
+        self.fine.add(now, total, bad)
+        self.coarse.add(now, total, bad)
+        self._status = None
+
+    def window(self, now: float, seconds: float) -> tuple[int, int]:
+        """(outcomes, bad) over a window; up to 1 h from the fine ring."""
+        ring = self.fine if seconds <= FINE_SLOT * FINE_SLOTS else self.coarse
+        return ring.sums(now, seconds)
+
+    def burn(self, total: int, bad: int) -> float:
+        if total == 0 or bad == 0:
+            return 0.0
+        return float(Decimal(bad) / (Decimal(total) * self.allowed))
+
+    def evaluate(self, now: float) -> SloStatus:
+        """The SLO at ``now`` (cached until the next write or another ``now``)."""
+        if self._status is not None and self._status[0] == now:
+            return self._status[1]
+        rates = {name: self.burn(*self.window(now, sec)) for name, sec in WINDOWS.items()}
+        total, bad = self.window(now, self.config.budget_window)
+        budget = Decimal(total) * self.allowed
+        remaining = max(Decimal(0), budget - bad)
+        # A zero budget means no traffic yet: nothing allowed and nothing spent reads as 100 %.
+        percentage = float(remaining / budget * 100) if budget > 0 else (0.0 if bad else 100.0)
+        status = SloStatus(
+            total=total,
+            bad=bad,
+            budget_total=float(budget),
+            budget_remaining=float(remaining),
+            budget_percentage=percentage,
+            violated=total > 0 and Decimal(total - bad) < Decimal(total) * self.objective,
+            burn_rates=rates,
+            page=(rates["1h"] > 14.4 and rates["5m"] > 14.4)
+            or (rates["6h"] > 6 and rates["30m"] > 6),
+            ticket=rates["3d"] > 1 and rates["6h"] > 1,
+        )
+        self._status = (now, status)
+        return status
+
+    def endpoint_error_rates(self, now: float) -> dict[str, float]:
+        """endpoint → bad ÷ outcomes over the last hour, for endpoints with traffic."""
+        out: dict[str, float] = {}
+        for (endpoint,), ring in sorted(self.endpoints.items()):
+            sums, _span = ring.window(now, ENDPOINT_WINDOW)
+            if sums[0] > 0:
+                out[endpoint] = float(sums[1] / sums[0])
+        return out
+
+
+class SloTracker:
+    """Every configured SLO; see the module docstring."""
+
+    name = "slo"
+    event_types = frozenset({"request", "error"})
+
+    def __init__(
+        self, config: Config, geometry: Geometry, start: float, wall_offset: float | None = None
+    ) -> None:
+        self.config = config
+        self.start = start
+        ttl = config.limits.series_ttl
+        self.slos = [SloState(s, geometry, ttl) for s in (config.slo or (SloConfig(),))]
+        #: ``slo_alert`` records, appended when an alert starts; the WebSocket hub drains them.
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
+        self._wall_offset = wall_offset  # wall − now, learnt from the last batch
+
+    def apply(self, batch: Batch, now: float, wall: float) -> None:
+        if batch.n == 0:
+            return
+        self._wall_offset = wall - now
+        status = status_column(batch)
+        groups = list(
+            group_rows(batch, [label_values(batch, "endpoint"), label_values(batch, "model")])
+        )
+        for slo in self.slos:
+            bad_rows = slo.bad_mask(status)
+            total = bad = 0
+            for (endpoint, model), rows in groups:
+                if not slo.selects(endpoint, model):
+                    continue
+                count = batch.n if rows is None else len(rows)
+                n_bad = int(np.count_nonzero(bad_rows if rows is None else bad_rows[rows]))
+                total += count
+                bad += n_bad
+                slo.endpoints.get((endpoint,), now, count).add(now, (count, n_bad))
+            if total:
+                slo.add(now, total, bad)
+
+    def expire(self, now: float) -> None:
+        """Evaluate alerts (edge-triggered) and drop idle per-endpoint series."""
+        for slo in self.slos:
+            slo.endpoints.expire(now)
+            status = slo.evaluate(now)
+            for level, active in (("page", status.page), ("ticket", status.ticket)):
+                was = getattr(slo, level)
+                if active and not was:
+                    self._alert(slo, level, status, now)
+                setattr(slo, level, active)
+
+    def _alert(self, slo: SloState, level: str, status: SloStatus, now: float) -> None:
+        record = {
+            "type": "slo_alert",
+            "timestamp": now + (self._wall_offset or 0.0),
+            "slo": slo.name,
+            "level": level,
+            "burn_rates": dict(status.burn_rates),
+        }
+        self.alerts.append(record)
+        log.warning(
+            "SLO %s: %s alert started (burn rates %s)",
+            slo.name,
+            level,
+            ", ".join(f"{w}={r:.2f}" for w, r in status.burn_rates.items()),
+        )
+
+    def series_count(self) -> int:
+        return sum(len(s.endpoints) for s in self.slos)
+
+    def series_overflow(self) -> int:
+        return sum(s.endpoints.overflowed for s in self.slos)
+
+    def families(self, now: float) -> list[Family]:
+        from metricsd.trackers.slo_export import slo_families
+
+        return slo_families(self, now)

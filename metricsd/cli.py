@@ -170,3 +170,39 @@ def pricing(config_path: str | None, as_json: bool) -> None:
         click.echo(json.dumps(table.describe(), indent=2))
     else:
         click.echo(format_table(table), nl=False)
+
+
+@main.command()
+@click.option(
+    "--url",
+    envvar="METRICSD_URL",
+    default="http://127.0.0.1:9465",
+    show_default=True,
+    help="The daemon's HTTP address (env METRICSD_URL).",
+)
+@click.option("--token", envvar="METRICSD_TOKEN", help="Bearer token (env METRICSD_TOKEN).")
+@click.option("--endpoint", help="Only this endpoint.")
+@click.option("--model", help="Only this model.")
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="Seconds between updates."
+)
+@click.option("--once", is_flag=True, help="Print one update and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON messages, one per line.")
+def tail(
+    url: str,
+    token: str | None,
+    endpoint: str | None,
+    model: str | None,
+    interval: float,
+    once: bool,
+    as_json: bool,
+) -> None:
+    """Live terminal view of the metrics stream."""
+    from metricsd.tail import run_tail
+
+    filters: dict[str, Any] = {"interval": interval}
+    if endpoint:
+        filters["endpoint"] = endpoint
+    if model:
+        filters["model"] = model
+    sys.exit(run_tail(url, token, filters, once, as_json))

@@ -29,24 +29,37 @@ __all__ = ["MAX_NORMALISED", "STEPS", "fingerprint", "normalise"]
 MAX_NORMALISED: Final = 200
 
 #: The substitutions, in the order they are applied. Digits are ASCII only (``[0-9]``, not
-#: ``\d``, which would also match other scripts' digits and make patterns depend on them).
-STEPS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
-    (
-        re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE),
-        "<UUID>",
-    ),
-    (re.compile(r"req-[a-zA-Z0-9]+"), "<REQUEST_ID>"),
-    (re.compile(r"0x[0-9a-fA-F]+"), "<ADDR>"),
-    (re.compile(r"[0-9]+"), "<NUM>"),
+#: ``\d``, which would also match other scripts' digits and make patterns depend on them). The
+#: UUID class spells out both cases rather than using IGNORECASE: the same set, matched twice as
+#: fast.
+UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+REQUEST_ID: Final = re.compile(r"req-[a-zA-Z0-9]+")
+ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]+")
+NUMBER: Final = re.compile(r"[0-9]+")
+STEPS: Final = (
+    (UUID, "<UUID>"),
+    (REQUEST_ID, "<REQUEST_ID>"),
+    (ADDRESS, "<ADDR>"),
+    (NUMBER, "<NUM>"),
 )
 
 
 @functools.lru_cache(maxsize=8192)
 def normalise(message: str) -> str:
-    """The message with ids and numbers replaced (in the order of :data:`STEPS`), ≤ 200 chars."""
-    for pattern, replacement in STEPS:
-        message = pattern.sub(replacement, message)
-    return message[:MAX_NORMALISED]
+    """The message with ids and numbers replaced (in the order of :data:`STEPS`), ≤ 200 chars.
+
+    A step runs only when the text it needs is present (four hyphens, ``req-``, ``0x``): the
+    result is the same, and most messages skip most of the regular expressions.
+    """
+    if message.count("-") >= 4:
+        message = UUID.sub("<UUID>", message)
+    if "req-" in message:
+        message = REQUEST_ID.sub("<REQUEST_ID>", message)
+    if "0x" in message:
+        message = ADDRESS.sub("<ADDR>", message)
+    return NUMBER.sub("<NUM>", message)[:MAX_NORMALISED]
 
 
 @functools.lru_cache(maxsize=8192)

@@ -152,10 +152,9 @@ class PriceTable:
     raw: dict[str, Any] = field(default_factory=dict)
     _resolved: dict[str, Resolved | None] = field(default_factory=dict)
 
-    @property
-    def batch_factor(self) -> Fraction:
-        """What a batch request pays, as a fraction of the list price."""
-        return 1 - self.batch_discount
+    def __post_init__(self) -> None:
+        #: What a batch request pays, as a fraction of the list price.
+        self.batch_factor: Fraction = 1 - self.batch_discount
 
     def canonical(self, model: str) -> str:
         return self.aliases.get(model, model)

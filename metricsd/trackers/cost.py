@@ -93,25 +93,34 @@ class CostTracker:
     def apply(self, batch: Batch, now: float, wall: float) -> None:
         """Price and record a batch (nothing derived)."""
         self.wall_offset = wall - now
-        n = batch.n
         is_request = batch.type == "request"
-        zeros = np.zeros(n, dtype=np.int64)
-
-        def ints(name: str, present: bool = True) -> Any:
-            return batch.column(name, np.int64) if present else zeros
-
-        inputs = ints("input_tokens" if is_request else "prompt_tokens")
-        outputs = ints("output_tokens" if is_request else "completion_tokens")
-        cached = ints("cached_tokens")
-        writes = ints("cache_write_tokens", is_request)
-        chars = ints("characters", not is_request)
-        given = batch.column("cost_usd")
-        flags = batch.column("batch", bool)
-        sync = ~(batch.column("streaming", bool) | flags) if is_request else np.zeros(n, bool)
+        inputs = _counts(batch, "input_tokens" if is_request else "prompt_tokens")
+        outputs = _counts(batch, "output_tokens" if is_request else "completion_tokens")
+        cached = _counts(batch, "cached_tokens")
+        writes = _counts(batch, "cache_write_tokens") if is_request else None
+        chars = None if is_request else _counts(batch, "characters")
+        zeros = np.zeros(batch.n, dtype=np.int64)
+        inputs = zeros if inputs is None else inputs
+        outputs = zeros if outputs is None else outputs
+        present = [c for c in (inputs, outputs, cached, writes, chars) if c is not None and c.size]
+        peak = max((int(c.max()) for c in present), default=0)
+        given = None if batch.get("cost_usd") is None else batch.column("cost_usd")
+        flags = _flags(batch, "batch")
+        streamed = _flags(batch, "streaming") if is_request else None
+        if not is_request:
+            sync: Any = np.zeros(batch.n, dtype=bool)  # usage records: interactivity unknown
+        elif streamed is None and flags is None:
+            sync = None  # every row
+        else:
+            sync = ~(_or(streamed, flags))
         images = None if is_request else batch.get("images")
         models = label_values(batch, "model")
-        keys = label_values(batch, "key_id")
-        labels = [models, label_values(batch, "endpoint"), keys, self._providers_of(batch, models)]
+        labels = [
+            models,
+            label_values(batch, "endpoint"),
+            label_values(batch, "key_id"),
+            self._providers_of(batch, models),
+        ]
         hour, day = int(now // 3600), local_day(wall, self.tz)
         touched: set[str] = set()
         for (model, endpoint, key, provider), rows in group_rows(batch, labels):
@@ -124,6 +133,7 @@ class CostTracker:
                 take(given, rows),
                 take(flags, rows),
                 take(images, rows),
+                peak,
             )
             res = self.pricing.resolve(model)
             includes = self.pricing.input_includes_cached(provider)
@@ -145,11 +155,16 @@ class CostTracker:
         day: int,
     ) -> str:
         count = len(q.input)
-        total = exact_sum(g.cost)
-        tokens = [exact_sum(c) for c in (q.input, q.output, q.cached, q.cache_write)]
+        total = int(g.cost.sum())  # int64 only where the bound proved it cannot overflow
+        fits = q.peak * count < _INT64  # int64 sums of the counts cannot wrap
+        tokens = [
+            0 if c is None else (int(c.sum()) if fits else exact_sum(c))
+            for c in (q.input, q.output, q.cached, q.cache_write)
+        ]
         self.series.get((model, endpoint, key), now, count)[0] += total
-        if g.priced.any():
-            self.hist.get((model,), now, count).record(g.cost[g.priced])
+        priced = g.cost if g.priced is None else g.cost[g.priced]
+        if priced.size:
+            self.hist.get((model,), now, count).record(priced, total)
         self.all.add(model, endpoint, total, count, tokens, hour, day)
         key, state = self._key(key, now)
         state.add(model, endpoint, total, count, tokens, hour, day)
@@ -158,18 +173,18 @@ class CostTracker:
             self.unpriced[name] = self.unpriced.get(name, 0) + g.unpriced
         self.clamped += g.clamped
         if g.cached_tokens or g.write_premium:
-            entry = self.cache_savings.setdefault(
-                model if len(self.cache_savings) < self.config.limits.max_series else OVERFLOW,
-                [0, 0, 0, 0],
+            saved = self.cache_savings
+            name = (
+                model if model in saved or len(saved) < self.config.limits.max_series else OVERFLOW
             )
-            for i, v in enumerate(
-                (g.cached_tokens, g.cache_regular, g.cache_cost, g.write_premium)
-            ):
+            entry = saved.setdefault(name, [0, 0, 0, 0])
+            parts = (g.cached_tokens, g.cache_regular, g.cache_cost, g.write_premium)
+            for i, v in enumerate(parts):
                 entry[i] += v
         if g.batch_requests:
             for i, v in enumerate((g.batch_requests, g.batch_regular, g.batch_billed)):
                 self.batch_savings[i] += v
-        if g.tokens.any():
+        if g.has_tokens:
             self._usage(state, model, g, q, sync, now)
         self.dirty.add(key)
         return key
@@ -177,27 +192,35 @@ class CostTracker:
     def _usage(
         self, state: Totals, model: str, g: GroupCost, q: Quantities, sync: Any, now: float
     ) -> None:
+        """Day sums of the token mix for the suggestions: one small matrix product per group."""
         ring = state.usage_ring(model)
         if ring is None:
             return
-        rows = g.tokens
-        long = rows & (q.input >= self.config.cost.long_prompt_tokens)
-        sync_rows = rows & sync
+        n = len(q.input)
+        tokens = np.ones(n) if g.tokens is None else g.tokens.astype(np.float64)
+        long = tokens * (q.input >= self.config.cost.long_prompt_tokens)
+        masks = np.vstack([tokens, long, tokens if sync is None else tokens * sync])
+        zero = np.zeros(n)
+        columns = [
+            g.cost,
+            g.list_cost,
+            g.full,
+            zero if g.cached is None else g.cached,
+            zero if g.cache_write is None else g.cache_write,
+            q.output,
+        ]
+        sums = masks @ np.column_stack(columns).astype(np.float64)
+        counts = masks.sum(axis=1)
         ring.add(
             now,
             [
-                float(np.count_nonzero(rows)),
-                float(exact_sum(g.cost[rows])),
-                float(exact_sum(g.list_cost[rows])),
-                float(g.full[rows].sum()),
-                float(g.cached[rows].sum()),
-                float(g.cache_write[rows].sum()),
-                float(q.output[rows].sum()),
-                float(np.count_nonzero(long)),
-                float(g.full[long].sum()),
-                float(g.cached[long].sum()),
-                float(np.count_nonzero(sync_rows)),
-                float(exact_sum(g.cost[sync_rows])),
+                counts[0],
+                *sums[0].tolist(),
+                counts[1],
+                sums[1, 2],
+                sums[1, 3],
+                counts[2],
+                sums[2, 0],
             ],
         )
 
@@ -320,3 +343,28 @@ def _fields(b: Any) -> dict[str, Any]:
         },
         creating=True,
     )
+
+
+_INT64: Final = 1 << 63
+
+
+def _counts(batch: Batch, name: str) -> Any:
+    """An integer column, or None when it is zero for the whole batch (the common case)."""
+    value = batch.get(name)
+    if value is None or (isinstance(value, (int, float)) and value == 0):
+        return None
+    return batch.column(name, np.int64)
+
+
+def _flags(batch: Batch, name: str) -> Any:
+    """A boolean column, or None when it is false for the whole batch."""
+    value = batch.get(name)
+    if value is None or value is False:
+        return None
+    return batch.column(name, bool)
+
+
+def _or(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    return a if b is None else a | b

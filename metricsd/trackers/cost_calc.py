@@ -6,9 +6,14 @@ a text model → full-price input, cached input, cache writes and output at the 
 anything else → unpriced (cost 0, counted), never a guessed price. ``batch: true`` then takes
 the batch discount off table prices (a given ``cost_usd`` is what was billed: it is kept).
 
-Products are computed in int64 when a bound on the largest row times the row count proves they
-cannot overflow; otherwise in Python integers (numpy object arrays), which are exact at any
-size. Either way the per-row costs are exact integers and every total is their exact sum.
+Products are computed in int64 when a bound (the batch's largest count × the largest price ×
+the row count) proves that no row and no sum can overflow; otherwise in Python integers (numpy
+object arrays), which are exact at any size. Either way each row's cost is an exact integer and
+every total is the exact sum of those integers.
+
+Columns that are zero for the whole batch (no cached tokens, no batch flag, …) arrive as None and
+cost nothing: the common request (a text model, no ``cost_usd``) is a handful of array
+operations per group, whatever its size.
 """
 
 from __future__ import annotations
@@ -21,38 +26,44 @@ import numpy.typing as npt
 
 from metricsd.pricing import PriceTable, Resolved, to_pico
 
-__all__ = ["GroupCost", "Quantities", "price_rows"]
+__all__ = ["GroupCost", "Quantities", "given_costs", "price_rows"]
 
 Ints = npt.NDArray[Any]  # int64, or object (Python ints) when int64 could overflow
+Mask = npt.NDArray[np.bool_]
 _SAFE: Final = 1 << 62
 _FAST_USD: Final = 1000.0  # below this a float USD times 1e12, rounded, is its decimal exactly
 
 
 @dataclass(slots=True)
 class Quantities:
-    """One group's billable columns (length n each); ``images`` None, a dict, or a list."""
+    """One group's billable columns (length n). None: zero (or absent) for every row."""
 
     input: Ints
     output: Ints
-    cached: Ints
-    cache_write: Ints
-    characters: Ints
-    cost_usd: npt.NDArray[np.float64]
-    batch: npt.NDArray[np.bool_]
+    cached: Ints | None = None
+    cache_write: Ints | None = None
+    characters: Ints | None = None
+    cost_usd: npt.NDArray[np.float64] | None = None
+    batch: Mask | None = None
     images: Any = None
+    peak: int = 0  # the largest count in any column of the whole batch
 
 
 @dataclass(slots=True)
 class GroupCost:
-    """Per-row costs and what the group's totals need."""
+    """Per-row costs, and what the totals and the suggestions need.
+
+    ``priced`` / ``tokens`` are row masks; None means every row.
+    """
 
     cost: Ints
-    priced: npt.NDArray[np.bool_]  # rows with a cost (given, or from the table)
-    tokens: npt.NDArray[np.bool_]  # rows priced from a token table (text or fine-tuning)
+    priced: Mask | None
+    tokens: Mask | None  # rows priced from a token table (text or fine-tuning)
+    has_tokens: bool
     full: Ints  # input tokens at the full input price (after the cached split and clamp)
-    cached: Ints
-    cache_write: Ints
-    list_cost: Ints  # token rows' cost before the batch discount
+    cached: Ints | None
+    cache_write: Ints | None
+    list_cost: Ints  # token rows' cost before the batch discount (0 on other rows)
     unpriced: int = 0
     clamped: int = 0
     cached_tokens: int = 0
@@ -64,17 +75,6 @@ class GroupCost:
     batch_billed: int = 0
 
 
-def _peak(*columns: Ints) -> int:
-    return sum(int(c.max()) if c.size else 0 for c in columns)
-
-
-def _exact(columns: list[Ints], prices: int, n: int) -> list[Ints]:
-    """The columns as int64 if ``Σ max × prices × n`` fits, else as Python-int object arrays."""
-    if _peak(*columns) * max(prices, 1) * max(n, 1) < _SAFE:
-        return columns
-    return [c.astype(object) for c in columns]
-
-
 def given_costs(values: npt.NDArray[np.float64]) -> Ints:
     """Clients' ``cost_usd`` floats → pUSD (the decimal they wrote, to the nearest pUSD)."""
     if values.size == 0 or (values.max() < _FAST_USD and values.max() * values.size < 4e6):
@@ -82,66 +82,97 @@ def given_costs(values: npt.NDArray[np.float64]) -> Ints:
     return np.array([to_pico(float(v)) for v in values], dtype=object)
 
 
-def _image_rows(images: Any, n: int) -> npt.NDArray[np.bool_]:
-    if isinstance(images, list):
-        return np.array([i is not None for i in images], dtype=bool)
-    return np.full(n, images is not None, dtype=bool)
+def _and(a: Mask | None, b: Mask | None) -> Mask | None:
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
+def _split(q: Quantities, includes_cached: bool) -> tuple[Ints, Ints | None, Ints | None, int]:
+    """(full-price input, cached, cache writes, rows clamped) under the provider's convention."""
+    cached, write = q.cached, q.cache_write
+    if not includes_cached or (cached is None and write is None):
+        return q.input, cached, write, 0
+    clamped = np.zeros(len(q.input), dtype=bool)
+    full = q.input
+    if cached is not None:
+        clamped |= cached > full
+        cached = np.minimum(cached, full)
+        full = full - cached
+    if write is not None:
+        clamped |= write > full
+        write = np.minimum(write, full)
+        full = full - write
+    return full, cached, write, int(np.count_nonzero(clamped))
 
 
 def price_rows(
     q: Quantities, res: Resolved | None, includes_cached: bool, table: PriceTable, model: str
 ) -> GroupCost:
     n = len(q.input)
-    given = ~np.isnan(q.cost_usd)
-    rest = ~given
-    if includes_cached:
-        cached = np.minimum(q.cached, q.input)
-        write = np.minimum(q.cache_write, q.input - cached)
-        clamped = int(np.count_nonzero((q.cached > q.input) | (q.cache_write > q.input - cached)))
-        full = q.input - cached - write
-    else:
-        full, cached, write, clamped = q.input, q.cached, q.cache_write, 0
-    image_rows = _image_rows(q.images, n) & rest if q.images is not None else None
-    kind = res.kind if res is not None else None
-    token_rows = np.zeros(n, dtype=bool)
-    cost: Ints = np.zeros(n, dtype=np.int64)
-    list_cost: Ints = cost
-    priced = given.copy()
-    if given.any():
+    given: Mask | None = None
+    if q.cost_usd is not None:
+        found = ~np.isnan(q.cost_usd)
+        given = found if found.any() else None
+    rest = None if given is None else ~given
+    full, cached, write, clamped = _split(q, includes_cached)
+    zero = np.zeros(n, dtype=np.int64)
+    priced = given if given is not None else np.zeros(n, dtype=bool)
+    out = GroupCost(zero.copy(), priced, None, False, full, cached, write, zero, clamped=clamped)
+    if given is not None and q.cost_usd is not None:
         given_cost = given_costs(q.cost_usd[given])
-        if given_cost.dtype == object:
-            cost = cost.astype(object)
-        cost[given] = given_cost
-    out = GroupCost(cost, priced, token_rows, full, cached, write, list_cost, clamped=clamped)
+        out.cost = out.cost.astype(given_cost.dtype)
+        out.cost[given] = given_cost
+    images: Mask | None = None
+    if q.images is not None:
+        if isinstance(q.images, list):
+            images = _and(np.array([i is not None for i in q.images], dtype=bool), rest)
+        else:
+            images = rest if rest is not None else np.ones(n, dtype=bool)
+        if images is not None and not images.any():
+            images = None
+    kind = res.kind if res is not None else None
     if kind in ("text", "fine_tuning") and res is not None and res.tokens is not None:
-        token_rows = rest if kind == "fine_tuning" or image_rows is None else rest & ~image_rows
-        _tokens(out, q, res, token_rows, table, n)
-    elif kind == "audio" and res is not None:
-        rows = rest if image_rows is None else rest & ~image_rows
-        [chars] = _exact([q.characters], res.per_character, n)
-        _set(out, rows, chars * res.per_character)
-    if image_rows is not None and kind != "fine_tuning" and image_rows.any():
-        _images(out, q.images, image_rows, table, model)
-    billable = (q.input > 0) | (q.output > 0) | (q.cached > 0) | (q.cache_write > 0)
-    billable |= q.characters > 0
-    if image_rows is not None:
-        billable |= image_rows
-    out.unpriced = int(np.count_nonzero(billable & ~out.priced))
+        rows = rest if kind == "fine_tuning" or images is None else _and(rest, ~images)
+        _tokens(out, q, res, rows, table, n)
+    elif kind == "audio" and res is not None and q.characters is not None:
+        rows = rest if images is None else _and(rest, ~images)
+        chars = q.characters
+        if q.peak * max(res.per_character, 1) * max(n, 1) >= _SAFE:
+            chars = chars.astype(object)
+        _assign(out, rows, chars * res.per_character)
+    elif kind == "audio":
+        _assign(out, rest if images is None else _and(rest, ~images), zero)
+    if images is not None and kind != "fine_tuning":
+        _images(out, q.images, images, table, model)
+    if out.priced is not None and not out.priced.all():
+        billable = (q.input > 0) | (q.output > 0)
+        for col in (q.cached, q.cache_write, q.characters):
+            if col is not None:
+                billable |= col > 0
+        if images is not None:
+            billable |= images
+        out.unpriced = int(np.count_nonzero(billable & ~out.priced))
     return out
 
 
-def _set(out: GroupCost, rows: npt.NDArray[np.bool_], values: Ints) -> None:
+def _assign(out: GroupCost, rows: Mask | None, values: Ints) -> None:
+    """Set the cost of ``rows`` (None: all) and mark them priced."""
+    if rows is None:
+        out.cost = values
+        out.priced = None
+        return
     if values.dtype == object and out.cost.dtype != object:
         out.cost = out.cost.astype(object)
     out.cost[rows] = values[rows]
-    out.priced |= rows
+    out.priced = None if out.priced is None else out.priced | rows
 
 
 def _tokens(
     out: GroupCost,
     q: Quantities,
     res: Resolved,
-    rows: npt.NDArray[np.bool_],
+    rows: Mask | None,
     table: PriceTable,
     n: int,
 ) -> None:
@@ -150,44 +181,50 @@ def _tokens(
     p_cached = p.input if p.cached is None else p.cached
     p_write = p.input if p.cache_write is None else p.cache_write
     factor = table.batch_factor
-    top = max(p.input, p.output, p_cached, p_write) * 2 * max(factor.numerator, 1)
-    full, cached, write, output = _exact([out.full, out.cached, out.cache_write, q.output], top, n)
-    costs = full * p.input + cached * p_cached + write * p_write + output * p.output
-    out.tokens = rows
-    out.list_cost = np.where(rows, costs, 0)
-    if factor != 1:
-        discounted = rows & q.batch
-        if discounted.any():
-            num, den = factor.numerator, factor.denominator
-            regular = costs[discounted]
-            billed = (regular * (2 * num) + den) // (2 * den)  # half a pUSD rounds up
-            out.batch_requests = int(np.count_nonzero(discounted))
-            out.batch_regular = int(regular.sum())
-            out.batch_billed = int(billed.sum())
-            costs = costs.copy()
-            costs[discounted] = billed
-    _set(out, rows, costs)
-    cached_sum = int(out.cached[rows].sum())
-    out.cached_tokens = cached_sum
-    if p.cached is not None:
-        out.cache_regular = cached_sum * p.input
-        out.cache_cost = cached_sum * p.cached
-    if p.cache_write is not None:
-        out.write_premium = int(out.cache_write[rows].sum()) * (p.cache_write - p.input)
+    top = max(p.input, p.output, p_cached, p_write) * 4 * 2 * max(factor.numerator, 1)
+    full, cached, write, output = out.full, out.cached, out.cache_write, q.output
+    if q.peak * top * max(n, 1) >= _SAFE:
+        full, output = full.astype(object), output.astype(object)
+        cached = None if cached is None else cached.astype(object)
+        write = None if write is None else write.astype(object)
+    costs = full * p.input + output * p.output
+    if cached is not None:
+        costs += cached * p_cached
+    if write is not None:
+        costs += write * p_write
+    out.tokens, out.has_tokens = rows, rows is None or bool(rows.any())
+    out.list_cost = costs if rows is None else np.where(rows, costs, 0)
+    discounted = _and(rows, q.batch) if q.batch is not None else None
+    if factor != 1 and discounted is not None and discounted.any():
+        num, den = factor.numerator, factor.denominator
+        regular = costs[discounted]
+        billed = (regular * (2 * num) + den) // (2 * den)  # half a pUSD rounds up
+        out.batch_requests = int(np.count_nonzero(discounted))
+        out.batch_regular = int(regular.sum())
+        out.batch_billed = int(billed.sum())
+        costs = costs.copy()
+        costs[discounted] = billed
+    _assign(out, rows, costs)
+    if out.cached is not None:
+        cached_sum = int((out.cached if rows is None else out.cached[rows]).sum())
+        out.cached_tokens = cached_sum
+        if p.cached is not None:
+            out.cache_regular = cached_sum * p.input
+            out.cache_cost = cached_sum * p.cached
+    if out.cache_write is not None and p.cache_write is not None:
+        written = int((out.cache_write if rows is None else out.cache_write[rows]).sum())
+        out.write_premium = written * (p.cache_write - p.input)
 
 
-def _images(
-    out: GroupCost, images: Any, rows: npt.NDArray[np.bool_], table: PriceTable, model: str
-) -> None:
-    """Per-image prices: a Python loop, over image rows only (a rare, low-rate path)."""
-    idx = np.flatnonzero(rows).tolist()
+def _images(out: GroupCost, images: Any, rows: Mask, table: PriceTable, model: str) -> None:
+    """Per-image prices: a Python loop over image rows only (a rare, low-rate path)."""
     values = np.zeros(len(rows), dtype=object)
     found = np.zeros(len(rows), dtype=bool)
-    for i in idx:
+    for i in np.flatnonzero(rows).tolist():
         spec = images[i] if isinstance(images, list) else images
         price = table.image_price(model, spec["size"], spec["quality"])
         if price is not None:
             values[i] = price * spec["n"]
             found[i] = True
     if found.any():
-        _set(out, found, values)
+        _assign(out, found, values)

@@ -64,7 +64,8 @@ class PicoBuckets:
         self.count = 0
         self.sum = 0
 
-    def record(self, values: npt.NDArray[Any]) -> None:
+    def record(self, values: npt.NDArray[Any], total: int) -> None:
+        """Count ``values`` (pUSD); ``total`` is their exact sum, known to the caller."""
         if values.size == 0:
             return
         if values.dtype == object:  # beyond int64: past every bound, into +Inf
@@ -78,7 +79,7 @@ class PicoBuckets:
             np.searchsorted(self.bounds, small, side="left"), minlength=len(self.counts)
         )
         self.count += int(values.size)
-        self.sum += exact_sum(values)
+        self.sum += total
 
     def cumulative(self) -> list[int]:
         return [int(c) for c in np.cumsum(self.counts)]

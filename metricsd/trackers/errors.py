@@ -125,7 +125,9 @@ class ErrorTracker:
         )
         self.patterns = PatternTable(config.limits.max_patterns)
         self.bursts = BurstDetector()
-        self.recent: deque[RecentError] = deque(maxlen=RECENT_ERRORS)
+        #: Plain tuples in :class:`RecentError` field order (a tuple is cheaper to build than
+        #: the named tuple, and up to 100 are built per batch); views wrap them.
+        self.recent: deque[tuple[Any, ...]] = deque(maxlen=RECENT_ERRORS)
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -199,7 +201,7 @@ class ErrorTracker:
         now: float,
     ) -> None:
         tallies = (
-            (self.by_status, Counter(_status_label(s) for s in statuses)),
+            (self.by_status, _status_tally(statuses)),
             (self.by_type, Counter(types)),
             (self.by_endpoint, Counter(endpoints)),
             (self.by_model, Counter(models)),
@@ -228,7 +230,7 @@ class ErrorTracker:
         for j, i in enumerate(range(keep.start, keep.stop)):
             etype, endpoint, message = types[i], endpoints[i], messages[i]
             self.recent.append(
-                RecentError(
+                (
                     wall if ts[j] is None else float(ts[j]),  # derived batches have no ts
                     endpoint,
                     models[j],
@@ -269,3 +271,10 @@ class ErrorTracker:
 
 def _status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else "other"
+
+
+def _status_tally(statuses: list[int]) -> Counter[str]:
+    tally: Counter[str] = Counter()
+    for status, count in Counter(statuses).items():
+        tally[_status_label(status)] += count
+    return tally

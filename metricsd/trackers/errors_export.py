@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from metricsd.export.prometheus import Family
 from metricsd.series import SeriesRegistry
-from metricsd.trackers.errors import WINDOW_SECONDS
+from metricsd.trackers.errors import WINDOW_SECONDS, RecentError
 
 if TYPE_CHECKING:
     from metricsd.trackers.errors import ErrorTracker
@@ -86,7 +86,7 @@ def errors_view(tracker: ErrorTracker, now: float) -> dict[str, Any]:
                 "request_id": e.request_id,
                 "key_id": e.key_id,
             }
-            for e in reversed(tracker.recent)
+            for e in map(RecentError._make, reversed(tracker.recent))
         ],
     }
 

@@ -221,6 +221,7 @@ class SloTracker:
 
     name = "slo"
     event_types = frozenset({"request", "error"})
+    live_category = "slo"
 
     def __init__(
         self, config: Config, geometry: Geometry, start: float, wall_offset: float | None = None
@@ -281,6 +282,18 @@ class SloTracker:
             level,
             ", ".join(f"{w}={r:.2f}" for w, r in status.burn_rates.items()),
         )
+
+    def live(self, now: float, models: frozenset[str]) -> dict[str, Any]:
+        """The WebSocket ``slo`` category (SPEC §5.2): ``{name: {burn_rates,
+        error_budget_percentage}}``. An SLO is not split by model, so a model filter keeps it."""
+        out: dict[str, Any] = {}
+        for slo in self.slos:
+            status = slo.evaluate(now)
+            out[slo.name] = {
+                "burn_rates": dict(status.burn_rates),
+                "error_budget_percentage": status.budget_percentage,
+            }
+        return out
 
     def series_count(self) -> int:
         return sum(len(s.endpoints) for s in self.slos)

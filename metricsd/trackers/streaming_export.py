@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from metricsd.export.prometheus import Family, format_float
 from metricsd.hist import Buckets
 from metricsd.trackers.requests_export import merge_views
-from metricsd.trackers.streaming import ORPHAN_TYPES, RINGS, STATUSES, StreamSeries
+from metricsd.trackers.streaming_series import ORPHAN_TYPES, RINGS, STATUSES, StreamSeries
 from metricsd.window import HistView
 
 if TYPE_CHECKING:

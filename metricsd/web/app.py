@@ -10,6 +10,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,8 @@ from metricsd.trackers.requests import RequestTracker
 from metricsd.trackers.requests_export import histograms_view, json_view, recent_view, summary_view
 from metricsd.web.routes_cost import add_routes as add_cost_routes
 from metricsd.web.routes_errors import add_routes as add_error_routes
+from metricsd.web.routes_streaming import add_routes as add_streaming_routes
+from metricsd.web.routes_streaming import streaming_stats
 
 __all__ = ["ENGINE", "REQUESTS", "build_app", "json_response"]
 
@@ -34,7 +37,9 @@ ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 REQUESTS: web.AppKey[RequestTracker] = web.AppKey("requests", RequestTracker)
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 
-_PUBLIC = frozenset({"/healthz", "/readyz"})
+#: Routes that never need the token: health checks, and the dashboard's static files (they hold
+#: no data; the page's WebSocket needs the token, which the page takes from its own ?token=).
+_PUBLIC = frozenset({"/healthz", "/readyz", "/dashboard", "/dashboard.js", "/favicon.ico"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -82,6 +87,10 @@ def _snapshot(request: web.Request) -> Snapshot:
     return snap
 
 
+async def no_content(_request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -118,7 +127,6 @@ def _number(request: web.Request, name: str, default: float, lo: float, hi: floa
 async def metrics_json(request: web.Request) -> web.Response:
     snap = _snapshot(request)
     tracker = request.app[REQUESTS]
-    from metricsd.web.routes_streaming import streaming_stats
 
     def build() -> dict[str, Any]:
         return json_view(tracker, snap.now, streaming_stats(request.app, snap.now))
@@ -153,6 +161,25 @@ async def metrics_histograms(request: web.Request) -> web.Response:
     )
 
 
+def _static(name: str, content_type: str) -> Handler:
+    body = resources.files("metricsd.web").joinpath("dashboard", name).read_bytes()
+    headers = {
+        "Content-Type": content_type,
+        "Cache-Control": "no-cache",
+        # The page loads nothing from elsewhere; say so to the browser.
+        "Content-Security-Policy": (
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            "connect-src 'self' ws: wss:; img-src 'self' data:"
+        ),
+        "X-Content-Type-Options": "nosniff",
+    }
+
+    async def handler(_request: web.Request) -> web.Response:
+        return web.Response(body=body, headers=headers)
+
+    return handler
+
+
 def build_app(
     engine: Engine, requests: RequestTracker, token: str, max_body: int
 ) -> web.Application:
@@ -164,15 +191,16 @@ def build_app(
     app[TOKEN] = token
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/dashboard", _static("index.html", "text/html; charset=utf-8"))
+    app.router.add_get("/dashboard.js", _static("dashboard.js", "text/javascript; charset=utf-8"))
+    app.router.add_get("/favicon.ico", no_content)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/metrics/prometheus", prometheus)
     app.router.add_get("/metrics/json", metrics_json)
     app.router.add_get("/metrics/summary", metrics_summary)
     app.router.add_get("/metrics/recent", metrics_recent)
     app.router.add_get("/metrics/histograms", metrics_histograms)
-    from metricsd.web import routes_streaming  # imports this module: import it late
-
-    routes_streaming.add_routes(app)
+    add_streaming_routes(app, engine)
     add_error_routes(app, engine)
     add_cost_routes(app, engine)
     return app

@@ -6,18 +6,20 @@ from typing import Any
 
 from aiohttp import web
 
+from metricsd.engine import Engine
+from metricsd.jsonutil import dumps
 from metricsd.trackers.streaming import StreamingTracker
 from metricsd.trackers.streaming_export import json_streaming_stats, streaming_view
-from metricsd.web.app import ENGINE, json_response
 
 __all__ = ["STREAMING", "add_routes", "streaming_stats"]
 
 STREAMING: web.AppKey[StreamingTracker] = web.AppKey("streaming", StreamingTracker)
+_ENGINE: web.AppKey[Engine] = web.AppKey("streaming_engine", Engine)
 _MAX_MODEL = 256  # the protocol's string limit: no longer model name can exist
 
 
 async def metrics_streaming(request: web.Request) -> web.Response:
-    snap = request.app[ENGINE].snapshot_
+    snap = request.app[_ENGINE].snapshot_
     if snap is None:
         raise web.HTTPServiceUnavailable(reason="not ready")
     tracker = request.app[STREAMING]
@@ -25,7 +27,7 @@ async def metrics_streaming(request: web.Request) -> web.Response:
     if model is not None and len(model) > _MAX_MODEL:
         raise web.HTTPBadRequest(reason="model is too long")
     view = snap.view(("streaming", model), lambda: streaming_view(tracker, snap.now, model))
-    return json_response(view)
+    return web.Response(text=dumps(view), content_type="application/json")
 
 
 def streaming_stats(app: web.Application, now: float) -> dict[str, Any] | None:
@@ -34,13 +36,11 @@ def streaming_stats(app: web.Application, now: float) -> dict[str, Any] | None:
     return None if tracker is None else json_streaming_stats(tracker, now)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, engine: Engine) -> None:
     """Register the routes if the engine runs a streaming tracker."""
-    tracker = next(
-        (t for t in app[ENGINE].trackers if isinstance(t, StreamingTracker)),
-        None,
-    )
+    tracker = next((t for t in engine.trackers if isinstance(t, StreamingTracker)), None)
     if tracker is None:
         return
     app[STREAMING] = tracker
+    app[_ENGINE] = engine
     app.router.add_get("/metrics/streaming", metrics_streaming)

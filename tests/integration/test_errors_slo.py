@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from websockets.sync.client import connect
 
 from tests.conftest import Daemon
 
@@ -29,7 +30,8 @@ def wait_json(
     """Poll a JSON route until ``ready(body)`` (each request has its own 5 s timeout)."""
     deadline = time.monotonic() + timeout
     body = daemon.get_json(path)
-    while not ready(body) and time.monotonic() < deadline:
+    while not ready(body):
+        assert time.monotonic() < deadline, f"{path} never became ready: {body}"
         time.sleep(0.05)
         body = daemon.get_json(path)
     return body
@@ -163,3 +165,30 @@ def test_configured_slos_with_selectors(
     names = {f.name for f in parse_text(text)}
     assert "slo:current_burn_rate:ratio" in names and "error_burn_rate" not in names
     assert 'sloth_id="llm-api-chat"' in text and 'sloth_service="metricsd"' in text
+
+
+def test_websocket_slo_category_and_alert(daemon: Daemon) -> None:
+    url = daemon.http.replace("http://", "ws://") + "/metrics/stream"
+    with connect(url, open_timeout=5.0) as ws:
+        first = json.loads(ws.recv(timeout=5.0))
+        assert first["type"] == "historical_data"
+        assert first["data"]["slo"] == {
+            "availability": {
+                "burn_rates": {w: 0.0 for w in ("5m", "30m", "1h", "6h", "1d", "3d")},
+                "error_budget_percentage": 100.0,
+            }
+        }
+        daemon.send(successes(90))
+        daemon.send([failure(i) for i in range(5)] * 2)  # 10 bad in 100: burn 100
+        alerts: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10.0
+        while len(alerts) < 2 and time.monotonic() < deadline:
+            message = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+            if message["type"] == "slo_alert":
+                alerts.append(message)
+    assert [(a["slo"], a["level"]) for a in alerts] == [
+        ("availability", "page"),
+        ("availability", "ticket"),
+    ]
+    assert alerts[0]["burn_rates"]["1h"] == 100.0
+    assert isinstance(alerts[0]["timestamp"], float)

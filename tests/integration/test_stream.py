@@ -219,3 +219,27 @@ def test_slow_client_does_not_delay_a_fast_one(daemon_factory: Any, tmp_path: Pa
           f"with 3 stalled clients {median_shared * 1000:.0f} ms")
     assert median_alone < 0.15  # the 0.1 s interval, on 0.1 s ticks
     assert median_shared < max(2 * median_alone, 0.3)
+
+
+def test_tail_command(daemon: Daemon) -> None:
+    import subprocess
+    import sys
+
+    traffic(daemon)
+    out = subprocess.run(
+        [sys.executable, "-m", "metricsd", "tail", "--url", daemon.http, "--once",
+         "--interval", "0.2", "--endpoint", "/v1/embeddings"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("requests/s ")
+    row = next(line for line in lines if line.startswith("/v1/embeddings"))
+    # p50 of {10, 20} ms is the lower value (HDR rank rule), within its 0.4 % bucket: 10.02.
+    assert row.split()[2:] == ["10.02", "20", "20", "20"]  # p50, p90, p99, max
+    assert not any(line.startswith("/v1/chat/completions") for line in lines)
+    out = subprocess.run(
+        [sys.executable, "-m", "metricsd", "tail", "--url", "http://127.0.0.1:1", "--once"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 1 and "cannot follow http://127.0.0.1:1" in out.stderr

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from metricsd.fingerprint import MAX_NORMALISED, fingerprint, normalise
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metricsd.fingerprint import MAX_NORMALISED, STEPS, fingerprint, normalise
 
 UUID = "550e8400-e29b-41d4-a716-446655440000"
 
@@ -76,3 +79,17 @@ def test_endpoint_and_type_are_part_of_the_fingerprint() -> None:
     n = normalise("boom")
     assert fingerprint("a", "/x", n) != fingerprint("a", "/y", n)
     assert fingerprint("a", "/x", n) != fingerprint("b", "/x", n)
+
+
+PIECES = st.sampled_from(
+    [UUID, UUID.upper(), UUID[:-1], "req-", "req-ab1", "0x", "0xfF", "-", "12", "é٣", " ", "Zz"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(PIECES, st.text(max_size=5)), max_size=12).map("".join))
+def test_shortcuts_give_the_same_result_as_every_step_in_order(message: str) -> None:
+    expected = message
+    for pattern, replacement in STEPS:
+        expected = pattern.sub(replacement, expected)
+    assert normalise(message) == expected[:MAX_NORMALISED]

@@ -135,9 +135,9 @@ def test_missing_pricing_file() -> None:
 
 
 def test_cost_config_checks(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cost.timezone"):
+    with pytest.raises(ConfigError, match=r"cost\.timezone"):
         load_config(environ={}, overrides={"cost": {"timezone": "Mars/Olympus"}})
-    with pytest.raises(ConfigError, match="cost.webhook_url"):
+    with pytest.raises(ConfigError, match=r"cost\.webhook_url"):
         load_config(environ={}, overrides={"cost": {"webhook_url": "ftp://x"}})
     with pytest.raises(ConfigError, match=r"cost.budgets\[0\].limit_usd"):
         load_config(environ={}, overrides={"cost": {"budgets": [{"key": "*"}]}})

@@ -334,3 +334,16 @@ def test_duration_names() -> None:
         "30m",
         "90s",
     ]
+
+
+def test_live_category_for_the_websocket() -> None:
+    h = Harness()
+    h.outcomes(1.0, good=99, bad=1)
+    live = h.slo.live(2.0, frozenset({"some-model"}))
+    assert live == {
+        "availability": {
+            "burn_rates": {w: 10.0 for w in ("5m", "30m", "1h", "6h", "1d", "3d")},
+            "error_budget_percentage": 0.0,
+        }
+    }
+    assert h.slo.live_category == "slo"

@@ -114,6 +114,8 @@ class Engine:
         self.events_derived: Counter[str] = Counter()
         self.ws_clients = 0
         self.ws_dropped_updates = 0
+        self.ws_broadcast_seconds = 0.0
+        self.ws_render_seconds = 0.0
         self.tick_seconds = 0.0
         self.ready = False
         self.started_wall = time.time()
@@ -224,6 +226,22 @@ class Engine:
             overflow.counter(tracker.series_overflow(), (("tracker", tracker.name),))
         ws = Family("metricsd_ws_clients", "gauge", "Connected WebSocket clients.")
         ws.add(self.ws_clients)
+        ws_dropped = Family(
+            "metricsd_ws_dropped_updates",
+            "counter",
+            "Stream updates replaced before a slow client took them.",
+        )
+        ws_dropped.counter(self.ws_dropped_updates)
+        ws_cycle = Family(
+            "metricsd_ws_broadcast_seconds", "gauge", "Time the last stream broadcast took."
+        )
+        ws_cycle.add(self.ws_broadcast_seconds)
+        ws_render = Family(
+            "metricsd_ws_render_seconds",
+            "gauge",
+            "Time the last rendering of one filter set's data took.",
+        )
+        ws_render.add(self.ws_render_seconds)
         tick = Family(
             "metricsd_tick_duration_seconds", "gauge", "Time the last tick took to build."
         )
@@ -243,6 +261,9 @@ class Engine:
             series,
             overflow,
             ws,
+            ws_dropped,
+            ws_cycle,
+            ws_render,
             tick,
             build,
             start,

@@ -117,6 +117,11 @@ class Hub:
     # --- the tick -------------------------------------------------------------------------
 
     def tick(self, now: float, wall: float) -> None:
+        started = time.perf_counter()
+        self._broadcast(now, wall)
+        self.engine.ws_broadcast_seconds = time.perf_counter() - started
+
+    def _broadcast(self, now: float, wall: float) -> None:
         self._alerts(wall)
         self.base = build_base(self.requests, self.sources, now, wall) if self.clients else None
         if now - self._last_history >= 1.0:
@@ -147,9 +152,11 @@ class Hub:
                 continue
             key = session.key()
             if key not in rendered:
+                t0 = time.perf_counter()
                 data = render(self.base, key)
                 rendered[key] = (data, dumps(data))
                 self.renders += 1
+                self.engine.ws_render_seconds = time.perf_counter() - t0
             data, data_json = rendered[key]
             deltas = session.deltas(totals(data, self.base, key))
             session.last_update = now

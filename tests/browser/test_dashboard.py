@@ -13,8 +13,16 @@ from tests.conftest import Daemon
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("CI") != "true",
@@ -41,12 +49,22 @@ def page() -> Any:
 def test_dashboard_shows_emitted_numbers(daemon_factory: Any, page: Any) -> None:
     d: Daemon = daemon_factory("--token", "dash-token")
     console: list[str] = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+    page.on(
+        "console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None
+    )
     page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
     # Known traffic: 4 requests of 250 ms on one endpoint, one of them a server error.
-    d.send({"type": "request", "const": {"endpoint": "/v1/chat/completions", "model": "gpt-4o"},
-            "cols": {"duration_ms": [250.0] * 4, "status": [200, 200, 200, 500],
-                     "output_tokens": [100] * 4}})
+    d.send(
+        {
+            "type": "request",
+            "const": {"endpoint": "/v1/chat/completions", "model": "gpt-4o"},
+            "cols": {
+                "duration_ms": [250.0] * 4,
+                "status": [200, 200, 200, 500],
+                "output_tokens": [100] * 4,
+            },
+        }
+    )
     d.wait_for("metricsd_events_received_total", 4, type="request")
     page.goto(f"{d.http}/dashboard?token=dash-token")
     page.wait_for_function("document.getElementById('status').dataset.state === 'live'")
@@ -76,7 +94,7 @@ def test_dashboard_static_files_need_no_token_but_stream_does(daemon_factory: An
     d: Daemon = daemon_factory("--token", "t")
     status, headers, body = d.request("/dashboard", headers={"Authorization": ""})
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    assert b"<script src=\"dashboard.js\">" in body and b"http" not in body.split(b"<body>")[1]
+    assert b'<script src="dashboard.js">' in body and b"http" not in body.split(b"<body>")[1]
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     status, _, js = d.request("/dashboard.js", headers={"Authorization": ""})
     assert status == 200 and b".innerHTML" not in js and b"insertAdjacentHTML" not in js

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import socket
@@ -40,10 +41,20 @@ def traffic(d: Daemon) -> None:
         ("/v1/embeddings", "text-embedding-3-small", [10.0, 20.0]),
         ("/v1/chat/completions", "claude-3-haiku", [1000.0]),
     ):
-        d.send({"type": "request", "const": {"endpoint": endpoint, "model": model},
-                "cols": {"duration_ms": durations, "output_tokens": [10] * len(durations)}})
-    d.send({"type": "cache", "const": {"endpoint": "/v1/chat/completions", "model": "gpt-4o"},
-            "cols": {"hit": [True, False], "total_tokens": [100, 100], "matched_tokens": [50, 0]}})
+        d.send(
+            {
+                "type": "request",
+                "const": {"endpoint": endpoint, "model": model},
+                "cols": {"duration_ms": durations, "output_tokens": [10] * len(durations)},
+            }
+        )
+    d.send(
+        {
+            "type": "cache",
+            "const": {"endpoint": "/v1/chat/completions", "model": "gpt-4o"},
+            "cols": {"hit": [True, False], "total_tokens": [100, 100], "matched_tokens": [50, 0]},
+        }
+    )
     d.wait_for("metricsd_events_received_total", 6, type="request")
     time.sleep(0.3)  # let a tick pass
 
@@ -61,15 +72,29 @@ def test_order_strict_example_client(daemon: Daemon) -> None:
     with connect(ws_url(daemon), open_timeout=TIMEOUT) as ws:
         first = recv(ws)
         assert first["type"] == "historical_data"
-        assert set(first["data"]) == {"throughput", "latency", "cache", "queue", "streaming",
-                                      "error", "cost", "slo"}
+        assert set(first["data"]) == {
+            "throughput",
+            "latency",
+            "cache",
+            "queue",
+            "streaming",
+            "error",
+            "cost",
+            "slo",
+        }
         assert isinstance(first["timestamp"], float) and isinstance(first["history"], list)
-        send(ws, {"type": "subscribe", "filters": {"endpoint": "/v1/chat/completions",
-                                                   "interval": 2.0}})
+        send(
+            ws,
+            {"type": "subscribe", "filters": {"endpoint": "/v1/chat/completions", "interval": 2.0}},
+        )
         ack = recv(ws)
         assert ack["type"] == "subscribed"
-        assert ack["filters"] == {"endpoints": ["/v1/chat/completions"], "models": [],
-                                  "metric_types": ["all"], "interval": 2.0}
+        assert ack["filters"] == {
+            "endpoints": ["/v1/chat/completions"],
+            "models": [],
+            "metric_types": ["all"],
+            "interval": 2.0,
+        }
         send(ws, {"type": "ping"})
         assert recv(ws)["type"] == "pong"
         send(ws, {"type": "unsubscribe"})
@@ -97,15 +122,27 @@ def test_filters_narrow_and_keep_numbers(daemon: Daemon) -> None:
     traffic(daemon)
     with connect(ws_url(daemon), open_timeout=TIMEOUT) as ws:
         recv(ws)
-        send(ws, {"type": "subscribe", "filters": {"endpoint": "/v1/chat/completions",
-                                                   "model": "gpt-4o", "metric_type": "latency",
-                                                   "interval": 0.2}})
+        send(
+            ws,
+            {
+                "type": "subscribe",
+                "filters": {
+                    "endpoint": "/v1/chat/completions",
+                    "model": "gpt-4o",
+                    "metric_type": "latency",
+                    "interval": 0.2,
+                },
+            },
+        )
         assert recv(ws)["type"] == "subscribed"
         update = until(ws, "metrics_update")
         assert set(update["data"]) == {"latency"}
         lat = update["data"]["latency"]
         assert list(lat) == ["/v1/chat/completions"]
-        assert (lat["/v1/chat/completions"]["min"], lat["/v1/chat/completions"]["max"]) == (100.0, 300.0)
+        assert (lat["/v1/chat/completions"]["min"], lat["/v1/chat/completions"]["max"]) == (
+            100.0,
+            300.0,
+        )
         send(ws, {"type": "subscribe", "filters": {"metric_type": "throughput"}})
         assert recv(ws)["filters"]["metric_types"] == ["latency", "throughput"]
         update = until(ws, "metrics_update")
@@ -149,8 +186,9 @@ def test_origin_check_and_token(daemon_factory: Any) -> None:
         connect(ws_url(d), open_timeout=TIMEOUT)
     with connect(ws_url(d, "?token=tok"), open_timeout=TIMEOUT, origin=f"http://{host}") as ws:
         assert recv(ws)["type"] == "historical_data"
-    with connect(ws_url(d), open_timeout=TIMEOUT,
-                 additional_headers={"Authorization": "Bearer tok"}) as ws:
+    with connect(
+        ws_url(d), open_timeout=TIMEOUT, additional_headers={"Authorization": "Bearer tok"}
+    ) as ws:
         assert recv(ws)["type"] == "historical_data"
     with pytest.raises(Exception, match="403"):
         connect(ws_url(d, "?token=tok"), open_timeout=TIMEOUT, origin="http://evil.example")
@@ -164,12 +202,20 @@ def _stalled_client(d: Daemon) -> socket.socket:
     sock.settimeout(TIMEOUT)
     sock.connect((url.hostname, url.port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /metrics/stream HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /metrics/stream HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     payload = json.dumps({"type": "subscribe", "filters": {"interval": 0.1}}).encode()
     mask = os.urandom(4)
-    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    frame = (
+        bytes([0x81, 0x80 | len(payload)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
     sock.sendall(frame)
     return sock
 
@@ -184,7 +230,7 @@ def _update_gaps(d: Daemon, seconds: float) -> list[float]:
         while time.monotonic() < deadline:
             if recv(ws)["type"] == "metrics_update":
                 arrivals.append(time.monotonic())
-    return [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
 def test_slow_client_does_not_delay_a_fast_one(daemon_factory: Any, tmp_path: Path) -> None:
@@ -192,8 +238,14 @@ def test_slow_client_does_not_delay_a_fast_one(daemon_factory: Any, tmp_path: Pa
     config.write_text("[http]\nws_slow_grace = 1.0\n")
     d = daemon_factory("--config", str(config))
     for i in range(300):  # big updates: many endpoints
-        d.send({"type": "request", "endpoint": f"/v1/endpoint/{i:04d}/with/a/long/path",
-                "model": "gpt-4o", "duration_ms": 5.0 + i})
+        d.send(
+            {
+                "type": "request",
+                "endpoint": f"/v1/endpoint/{i:04d}/with/a/long/path",
+                "model": "gpt-4o",
+                "duration_ms": 5.0 + i,
+            }
+        )
     d.wait_for("metricsd_events_received_total", 300, type="request")
     alone = _update_gaps(d, 2.0)
     stalled = [_stalled_client(d) for _ in range(3)]
@@ -215,8 +267,10 @@ def test_slow_client_does_not_delay_a_fast_one(daemon_factory: Any, tmp_path: Pa
         for s in stalled:
             s.close()
     median_alone, median_shared = statistics.median(alone), statistics.median(shared)
-    print(f"fast client update gap: alone {median_alone * 1000:.0f} ms, "
-          f"with 3 stalled clients {median_shared * 1000:.0f} ms")
+    print(
+        f"fast client update gap: alone {median_alone * 1000:.0f} ms, "
+        f"with 3 stalled clients {median_shared * 1000:.0f} ms"
+    )
     assert median_alone < 0.15  # the 0.1 s interval, on 0.1 s ticks
     assert median_shared < max(2 * median_alone, 0.3)
 
@@ -227,9 +281,22 @@ def test_tail_command(daemon: Daemon) -> None:
 
     traffic(daemon)
     out = subprocess.run(
-        [sys.executable, "-m", "metricsd", "tail", "--url", daemon.http, "--once",
-         "--interval", "0.2", "--endpoint", "/v1/embeddings"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "metricsd",
+            "tail",
+            "--url",
+            daemon.http,
+            "--once",
+            "--interval",
+            "0.2",
+            "--endpoint",
+            "/v1/embeddings",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -240,6 +307,8 @@ def test_tail_command(daemon: Daemon) -> None:
     assert not any(line.startswith("/v1/chat/completions") for line in lines)
     out = subprocess.run(
         [sys.executable, "-m", "metricsd", "tail", "--url", "http://127.0.0.1:1", "--once"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 1 and "cannot follow http://127.0.0.1:1" in out.stderr

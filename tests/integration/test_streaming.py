@@ -6,6 +6,7 @@ whatever the daemon's own clock does meanwhile.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import Any
@@ -95,6 +96,8 @@ def test_worked_values_over_zeromq(daemon: Daemon) -> None:
     assert (stats["completed_streams"], stats["ttft"]["min"]) == (3, 0.1)
     only = daemon.get_json("/metrics/streaming?model=claude-3")
     assert (only["total_streams"], list(only["by_model"])) == (1, ["claude-3"])
+    status, _, body = daemon.request("/metrics/streaming?model=" + "x" * 300)
+    assert (status, json.loads(body)) == (400, {"error": "model is too long"})
     status, _, body = daemon.request(
         "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
     )

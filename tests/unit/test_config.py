@@ -105,7 +105,7 @@ def test_provider_prefix_table_replaces_defaults(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check-config", str(path)], env={})
     assert result.exit_code == 0 and '"acme-": "acme"' in result.output
     bad = write(tmp_path, '[providers.prefixes]\n"x" = 1\n')
-    with pytest.raises(ConfigError, match="providers.prefixes.x: expected a string"):
+    with pytest.raises(ConfigError, match=r"providers\.prefixes\.x: expected a string"):
         load_config(bad, environ={})
 
 

@@ -341,3 +341,18 @@ def test_prompt_caching_suggestion() -> None:
     assert found["potential_savings_usd"] == pytest.approx(0.05 * 720)
     detail = found["details"]["models"][0]
     assert (detail["long_prompt_requests"], detail["cached_share"]) == (20, 0.0)
+
+
+def test_mixed_rows_of_one_model_take_their_own_rule() -> None:
+    h = Harness()
+    h.send(
+        [
+            {"type": "usage", "model": "dall-e-3", "images": {"size": "1024x1024", "n": 2}},
+            {"type": "usage", "model": "dall-e-3", "prompt_tokens": 5},  # no token price
+            {"type": "usage", "model": "dall-e-3", "images": {}, "cost_usd": 1.5},  # given wins
+        ]
+    )
+    s = h.summary()
+    assert s["total_cost_usd_str"] == "1.58"
+    assert s["unpriced_by_model"] == {"dall-e-3": 1}
+    assert h.samples()[("llm_request_cost_usd_count", (("model", "dall-e-3"),))] == 2

@@ -10,7 +10,9 @@ around 1.7e9, as real emitters send them.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -466,3 +468,23 @@ def test_model_codes_stay_bounded() -> None:
     assert h.view(6.0, "final")["ttft"]["avg"] == 500.0
     assert h.view(6.0, "kept")["ttft"]["avg"] == 250.0
     assert h.view(6.0)["completed_streams"] == 40
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_checks_the_exposition() -> None:
+    h = Harness()
+    worked_stream(h)
+    h.send(start("open", T0 + 9, "claude-3"), now=3.0)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=h.snapshot(4.0)[0].encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    # Exit 3 is "lint problems", 1 a parse error. The only lint allowed: the seed documents'
+    # name in milliseconds, which their queries use as written (SPEC §3.2).
+    assert result.returncode in (0, 3), result.stdout + result.stderr
+    problems = (result.stdout + result.stderr).decode().strip().splitlines()
+    seed_name = 'streaming_ttft_milliseconds use base unit "seconds" instead of "milliseconds"'
+    assert problems in ([], [seed_name])

@@ -70,7 +70,8 @@ def _message(rng: random.Random, model: str) -> tuple[int, str, str]:
             500,
             "internal_error",
             f"Internal error at 0x{rng.getrandbits(48):x}: connection reset by peer "
-            f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}:{rng.randrange(1024, 65535)}",
+            f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+            f":{rng.randrange(1024, 65535)}",
         )
     if kind == 3:
         return (
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     print(
         f"{outcomes} outcomes in {args.frames} frames of {args.rows} rows, "
-        f"{errors} errors ({errors / outcomes:.1%}), mean frame {report['frame_bytes_mean']:.0f} B, "
+        f"{errors} errors ({errors / outcomes:.1%}), "
+        f"mean frame {report['frame_bytes_mean']:.0f} B, "
         f"best of {args.reps} (Python {report['python']}, {report['machine']})"
     )
     print(f"{'candidate':<22}{'outcomes/s':>14}{'÷ decode':>10}{'decode+apply/s':>17}")

@@ -43,6 +43,7 @@ from metricsd.series import OVERFLOW, SeriesRegistry
 from metricsd.trackers.base import UNKNOWN, group_rows, label_values, take
 from metricsd.trackers.cost_calc import GroupCost, Quantities, price_rows
 from metricsd.trackers.cost_state import PicoBuckets, Totals, exact_sum
+from metricsd.trackers.cost_suggest import PER_TICK, refresh
 
 __all__ = ["ALL_KEYS", "CostTracker"]
 
@@ -84,6 +85,7 @@ class CostTracker:
         self.suggested_at: float | None = None
         self._last_suggest = start
         self.dirty: set[str] = set()
+        self._pending: list[str] = []
         self._providers: dict[str, str] = {}
         self.start = start
         self.wall_offset = wall_start - start
@@ -166,7 +168,7 @@ class CostTracker:
         if priced.size:
             self.hist.get((model,), now, count).record(priced, total)
         self.all.add(model, endpoint, total, count, tokens, hour, day)
-        key, state = self._key(key, now)
+        key, state = self._key(key)
         state.add(model, endpoint, total, count, tokens, hour, day)
         if g.unpriced:
             name = model if model in self.unpriced or len(self.unpriced) < 1000 else OVERFLOW
@@ -224,7 +226,7 @@ class CostTracker:
             ],
         )
 
-    def _key(self, key: str, now: float) -> tuple[str, Totals]:
+    def _key(self, key: str) -> tuple[str, Totals]:
         """The key's totals; keys beyond ``cost.max_keys`` share the ``__overflow__`` entry."""
         state = self.keys.get(key)
         if state is None:
@@ -314,11 +316,15 @@ class CostTracker:
     def expire(self, now: float) -> None:
         self.series.expire(now)
         self.hist.expire(now)
-        if now - self._last_suggest >= self.config.cost.suggestion_interval:
+        pending = self._pending
+        if not pending and now - self._last_suggest >= self.config.cost.suggestion_interval:
             self._last_suggest = now
-            from metricsd.trackers.cost_suggest import refresh
-
-            refresh(self, now)
+            pending.extend(sorted(self.dirty | {k for k, _t in self.suggestions}))
+            self.dirty.clear()
+        if pending:
+            batch = pending[:PER_TICK]
+            del pending[:PER_TICK]
+            refresh(self, batch, now)
 
     def series_count(self) -> int:
         return len(self.series)

@@ -1,9 +1,10 @@
 """Cost-saving suggestions (SPEC §4.6), evaluated per key on a timer and de-duplicated.
 
 Every ``cost.suggestion_interval`` seconds (from the tracker's ``expire``), each key that spent
-since the last evaluation, or that holds a suggestion, is evaluated again over its last 7 days
-(or its whole history when younger), and its suggestions are replaced: at most one per
-(key, type). Rules, each with ``potential_savings_usd`` per 30 days and the numbers behind it:
+since the last evaluation, or that holds a suggestion (its window slides), is evaluated again
+over its last 7 days (or the time since the daemon started, when shorter), at most
+``PER_TICK`` keys per tick so a tick stays short, and its suggestions are replaced: at most one
+per (key, type). Rules, each with ``potential_savings_usd`` per 30 days and the numbers behind it:
 
 - ``cheaper_model``: traffic on a model that has a cheaper alternative of the same family in the
   price table's ``[alternatives]``; the key's own token mix repriced at the alternative's prices.
@@ -27,27 +28,26 @@ if TYPE_CHECKING:
     from metricsd.trackers.cost import CostTracker
     from metricsd.trackers.cost_state import Totals
 
-__all__ = ["TYPES", "evaluate", "refresh"]
+__all__ = ["PER_TICK", "TYPES", "evaluate", "refresh"]
 
 TYPES: Final = ("cheaper_model", "prompt_caching", "batch_api")
+PER_TICK: Final = 256
 WINDOW_DAYS: Final = 7
 MONTH_SECONDS: Final = 30 * 86400.0
 CACHEABLE_SHARE: Final = 0.5  # of long prompts' uncached input, assumed cacheable
 LOW_CACHING: Final = 0.1  # cached share of long prompts below which caching is suggested
 
 
-def refresh(tracker: CostTracker, now: float) -> None:
-    """Re-evaluate the keys that changed, and those holding suggestions (their window slides)."""
+def refresh(tracker: CostTracker, keys: list[str], now: float) -> None:
+    """Re-evaluate ``keys``: their suggestions are replaced by what the rules find now."""
     wall = now + tracker.wall_offset
-    keys = tracker.dirty | {k for k, _t in tracker.suggestions}
-    tracker.dirty.clear()
+    cfg = tracker.config.cost
     for key in keys:
-        state = tracker.keys.get(key)
         for kind in TYPES:
             tracker.suggestions.pop((key, kind), None)
+        state = tracker.keys.get(key)
         if state is None:
             continue
-        cfg = tracker.config.cost
         for found in evaluate(key, state, tracker.pricing, cfg, now, wall, tracker.start):
             tracker.suggestions[(key, found["suggestion_type"])] = found
     tracker.suggested_at = wall

@@ -6,8 +6,9 @@ engine derives from finished streams. An outcome is an error when ``status ≥ 4
 tracker counted an error as no request and reported rates over 100 %).
 
 Successes cost a few numpy operations per batch. Only the error rows, which are a minority, go
-through Python: they are grouped by (error type, endpoint, message) once per batch, and each
-group updates the pattern table, the distributions and the burst detector once.
+through Python: each distinct (error type, endpoint, message) of a batch is normalised once, the
+rows are gathered per fingerprint, and each fingerprint updates the pattern table once; the
+distributions and the burst detector are updated once per batch.
 """
 
 from __future__ import annotations

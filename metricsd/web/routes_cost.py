@@ -8,9 +8,12 @@ ended by the very next request.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiohttp import web
@@ -24,6 +27,7 @@ from metricsd.trackers.cost_export import budgets_view, key_view, suggestions_vi
 
 __all__ = ["COST", "add_routes", "key_id_of"]
 
+log = logging.getLogger("metricsd.http")
 COST: web.AppKey[CostTracker] = web.AppKey("cost", CostTracker)
 _ENGINE: web.AppKey[Engine] = web.AppKey("cost_engine", Engine)
 _KEY_ID: Final = re.compile(r"k_[0-9a-f]{12}\Z")
@@ -44,6 +48,28 @@ def _snapshot(request: web.Request) -> Snapshot:
     return snap
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _guard(handler: Handler) -> Handler:
+    """Errors are logged with the route's pattern, never the path: the path may hold a raw key
+    (the app's error middleware, which logs ``request.path``, never sees them)."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            route = request.match_info.route.resource
+            pattern = route.canonical if route is not None else "?"
+            log.exception("unhandled error in %s %s", request.method, pattern)
+            return error_response(500, "internal error")
+
+    return guarded
+
+
 def key_id_of(key: str) -> str:
     """A path's ``{key}`` → key_id: key_ids and ``*`` as they are, anything else hashed."""
     if key == ALL_KEYS or _KEY_ID.match(key):
@@ -55,12 +81,14 @@ def _key(request: web.Request) -> str:
     return key_id_of(request.match_info["key"])
 
 
+@_guard
 async def costs(request: web.Request) -> web.Response:
     snap = _snapshot(request)
     tracker = request.app[COST]
     return json_response(snap.view(("costs",), lambda: summary_view(tracker, snap.now, snap.wall)))
 
 
+@_guard
 async def key_costs(request: web.Request) -> web.Response:
     key_id = _key(request)
     view = key_view(request.app[COST], key_id, time.monotonic(), time.time())
@@ -69,16 +97,19 @@ async def key_costs(request: web.Request) -> web.Response:
     return json_response(view)
 
 
+@_guard
 async def suggestions(request: web.Request) -> web.Response:
     key = request.query.get("key")
     key_id = key_id_of(key) if key else None
     return json_response(suggestions_view(request.app[COST], key_id))
 
 
+@_guard
 async def budgets(request: web.Request) -> web.Response:
     return json_response(budgets_view(request.app[COST], time.time()))
 
 
+@_guard
 async def get_budget(request: web.Request) -> web.Response:
     found = request.app[COST].budget_status(_key(request), time.time())
     if found is None:
@@ -86,6 +117,7 @@ async def get_budget(request: web.Request) -> web.Response:
     return json_response(found)
 
 
+@_guard
 async def put_budget(request: web.Request) -> web.Response:
     key_id = _key(request)
     raw = await request.read()  # over http.max_body_bytes: 413 from the error middleware
@@ -102,6 +134,7 @@ async def put_budget(request: web.Request) -> web.Response:
     return json_response(result, 201 if created else 200)
 
 
+@_guard
 async def delete_budget(request: web.Request) -> web.Response:
     key_id = _key(request)
     if not request.app[COST].delete_budget(key_id):

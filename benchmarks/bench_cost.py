@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_of, print_table  # noqa: E402
+from common import best_of, print_table
 
-from metricsd.config import load_config  # noqa: E402
-from metricsd.engine import Engine  # noqa: E402
-from metricsd.protocol import decode  # noqa: E402
-from metricsd.trackers.cost import CostTracker  # noqa: E402
+from metricsd.config import load_config
+from metricsd.engine import Engine
+from metricsd.protocol import decode
+from metricsd.trackers.cost import CostTracker
 
 MODELS = [
     "gpt-4o",

@@ -78,7 +78,7 @@ class Daemon:
         self.hub = Hub(
             self.engine,
             self.requests,
-            [self.streaming, self.slo],
+            [self.streaming, self.slo, self.cost],
             config.http,
             alert_sources=[self.slo, self.cost],
         )

@@ -56,6 +56,7 @@ class CostTracker:
 
     name = "cost"
     event_types = frozenset({"request", "usage"})
+    live_category = "cost"
 
     def __init__(self, config: Config, start: float, wall_start: float) -> None:
         self.config = config
@@ -336,6 +337,16 @@ class CostTracker:
         from metricsd.trackers.cost_export import cost_families
 
         return cost_families(self, now)
+
+    def live(self, now: float, models: frozenset[str]) -> dict[str, Any]:
+        """The stream's ``cost`` category; a model filter narrows ``by_model`` (the totals
+        and the hourly rate are not kept per model)."""
+        from metricsd.trackers.cost_export import stream_view
+
+        view = stream_view(self, now)
+        if models:
+            view["by_model"] = {m: v for m, v in view["by_model"].items() if m in models}
+        return view
 
 
 def _fields(b: Any) -> dict[str, Any]:

@@ -312,3 +312,38 @@ def test_tail_command(daemon: Daemon) -> None:
         timeout=30,
     )
     assert out.returncode == 1 and "cannot follow http://127.0.0.1:1" in out.stderr
+
+
+def test_cost_category_on_the_stream(daemon: Daemon) -> None:
+    # gpt-4o 100 prompt / 50 completion tokens = $0.00125 (reference worked value).
+    daemon.send(
+        {
+            "type": "request",
+            "model": "gpt-4o",
+            "endpoint": "/v1/chat/completions",
+            "duration_ms": 10.0,
+            "input_tokens": 100,
+            "output_tokens": 50,
+        }
+    )
+    daemon.wait_for("metricsd_events_received_total", 1, type="request")
+    time.sleep(0.3)
+    with connect(ws_url(daemon), open_timeout=TIMEOUT) as ws:
+        cost = recv(ws)["data"]["cost"]
+        assert cost["total_usd"] == 0.00125 and cost["by_model"] == {"gpt-4o": 0.00125}
+        send(
+            ws,
+            {
+                "type": "subscribe",
+                "filters": {"model": "gpt-4o-mini", "metric_type": "cost", "interval": 0.2},
+            },
+        )
+        assert recv(ws)["type"] == "subscribed"
+        update = until(ws, "metrics_update")
+        assert update["data"] == {
+            "cost": {
+                "total_usd": 0.00125,
+                "usd_per_hour": update["data"]["cost"]["usd_per_hour"],
+                "by_model": {},
+            }
+        }

@@ -45,6 +45,8 @@ def main() -> None:
     "--demo", is_flag=True, default=None, help="Also send built-in synthetic LLM traffic."
 )
 @click.option("--ready-file", "ready_file", help="Write the bound addresses as JSON once ready.")
+@click.option("--tls-cert", "tls_cert", help="PEM certificate chain: serve HTTPS.")
+@click.option("--tls-key", "tls_key", help="PEM private key of --tls-cert.")
 def serve(
     config_path: str | None,
     http: str | None,
@@ -57,6 +59,8 @@ def serve(
     log_level: str | None,
     demo: bool | None,
     ready_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     overrides: dict[str, Any] = {}
@@ -74,6 +78,8 @@ def serve(
     put("limits", "max_series", max_series)
     put("log", "level", log_level)
     put("demo", "enabled", demo)
+    put("http", "tls_cert", tls_cert)
+    put("http", "tls_key", tls_key)
     if ready_file is not None:
         overrides["ready_file"] = ready_file
     try:
@@ -85,15 +91,40 @@ def serve(
         _fail(str(exc))
         return
     try:
-        run(config)
+        # SIGHUP re-reads the same sources: file, environment, and these flags.
+        run(config, reload_config=lambda: load_config(config_path, overrides=overrides))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # found while starting (TLS files, CURVE key file)
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start: {exc.strerror or exc}")
     except Exception as exc:
         if type(exc).__module__.startswith("zmq"):
             _fail(f"cannot bind ingest: {exc}")
         raise
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    help="Write the key file here (mode 0600, not over an existing file); print the public key.",
+)
+def keygen(out: str | None) -> None:
+    """Make a CURVE keypair for encrypted ZeroMQ ingest (ingest.curve_secret_key_file)."""
+    from metricsd.security import write_keypair
+
+    try:
+        text = write_keypair(out)
+    except FileExistsError:
+        _fail(f"{out} exists; not overwriting a key")
+        return
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror}")
+        return
+    click.echo(text if out is None else f'public_key = "{text}"', nl=out is not None)
 
 
 @main.command("check-config")

@@ -100,6 +100,9 @@ class HttpConfig:
     #: Inbound WebSocket messages per second (and burst) before the client is closed with 1008.
     ws_message_rate: float = 20.0
     ws_message_burst: float = 40.0
+    #: PEM certificate chain and private key: serve HTTPS (and wss://) instead of HTTP.
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ class IngestConfig:
     max_string_length: int = 256
     max_error_message_length: int = 2048
     max_frames_per_wakeup: int = 256
+    #: CURVE secret key file (``metricsd keygen``): encrypts the non-loopback tcp:// endpoints.
+    curve_secret_key_file: str = ""
+    #: Emitters' CURVE public keys (Z85) allowed to connect; empty: any that has the server key.
+    curve_client_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -363,6 +370,13 @@ def _check(config: Config) -> None:
     for endpoint in config.ingest.endpoints:
         if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"ingest.endpoints: {endpoint!r} is not a tcp://, ipc:// endpoint")
+    if bool(config.http.tls_cert) != bool(config.http.tls_key):
+        raise ConfigError("http.tls_cert, http.tls_key: set both (certificate and key) or neither")
+    if config.ingest.curve_client_keys and not config.ingest.curve_secret_key_file:
+        raise ConfigError("ingest.curve_client_keys: needs ingest.curve_secret_key_file")
+    for i, key in enumerate(config.ingest.curve_client_keys):
+        if not re.fullmatch(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}", key):
+            raise ConfigError(f"ingest.curve_client_keys[{i}]: not a Z85 public key (40 chars)")
     split_host_port(config.http.listen, "http.listen")
     for path, bounds in {
         "prometheus.duration_buckets": config.prometheus.duration_buckets,

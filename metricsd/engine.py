@@ -120,7 +120,9 @@ class Engine:
         self.ready = False
         self.started_wall = time.time()
         self.ticks = 0
-        self.last_scrape = -math.inf  # monotonic time of the last /metrics request
+        self.last_scrape = -math.inf  # daemon-clock time of the last /metrics request
+        #: The daemon's clock (monotonic, continued across restarts); readers use it for ``now``.
+        self.clock: Callable[[], float] = time.monotonic
         self.snapshot_: Snapshot | None = None
         self.extra_families: list[Callable[[float], list[Family]]] = []
 
@@ -162,6 +164,26 @@ class Engine:
         sources = batch.values("source")
         for source, dropped in zip(sources, batch.values("dropped"), strict=True):
             self.client_dropped[source or "default"] += int(dropped)
+
+    # --- state ----------------------------------------------------------------------------
+
+    #: The delivery-accounting counters survive a restart like every other lifetime counter.
+    PERSIST = (
+        "frames_received",
+        "events_received",
+        "events_invalid",
+        "strings_truncated",
+        "client_dropped",
+        "events_derived",
+        "ws_dropped_updates",
+    )
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.PERSIST}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
@@ -27,9 +28,16 @@ log = logging.getLogger("metricsd.ingest")
 class Ingest:
     """Owns the PULL socket; ``run()`` is the receive loop, ``drain()`` empties it at shutdown."""
 
-    def __init__(self, config: IngestConfig, engine: Engine, context: zmq.asyncio.Context) -> None:
+    def __init__(
+        self,
+        config: IngestConfig,
+        engine: Engine,
+        context: zmq.asyncio.Context,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.engine = engine
+        self.clock = clock
         self.socket = context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, config.rcvhwm)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -42,11 +50,14 @@ class Ingest:
         self.endpoints: list[str] = []
         self._stopping = False
 
-    def bind(self) -> list[str]:
-        """Bind every endpoint; return the real addresses (port 0 resolved)."""
+    def bind(self, before_bind: Callable[[str], None] | None = None) -> list[str]:
+        """Bind every endpoint; return the real addresses (port 0 resolved). ``before_bind``
+        runs before each bind (per-endpoint socket options: CURVE, see metricsd.security)."""
         for endpoint in self.config.endpoints:
             if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
                 endpoint = endpoint[:-2] + ":*"
+            if before_bind is not None:
+                before_bind(endpoint)
             self.socket.bind(endpoint)
             last = self.socket.getsockopt(zmq.LAST_ENDPOINT)
             self.endpoints.append(last.decode() if isinstance(last, bytes) else str(last))
@@ -57,7 +68,7 @@ class Ingest:
         if len(parts) != 1:
             engine.reject_frame("shape")
             return
-        now, wall = time.monotonic(), time.time()
+        now, wall = self.clock(), time.time()
         engine.apply(decode(parts[0], wall, engine.limits), now, wall)
 
     def _drain_nowait(self, limit: int) -> int:

@@ -9,7 +9,7 @@ the tracker makes for a series; it never looks inside.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["OVERFLOW", "SeriesRegistry"]
 
@@ -66,8 +66,42 @@ class SeriesRegistry(Generic[S]):
     def last_seen(self, labels: tuple[str, ...]) -> float:
         return self._last_seen[labels]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Saved without its factory: the restoring tracker's registry keeps its own."""
+        return {
+            "name": self.name,
+            "series": self._series,
+            "last_seen": self._last_seen,
+            "overflowed": self.overflowed,
+            "max_series": self.max_series,
+            "ttl": self.ttl,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name = state["name"]
+        self._series = state["series"]
+        self._last_seen = state["last_seen"]
+        self.overflowed = state["overflowed"]
+        self.max_series = state["max_series"]
+        self.ttl = state["ttl"]
+        self._factory = _no_factory
+
+    def adopt(self, saved: SeriesRegistry[S]) -> None:
+        """Take a saved registry's series (a restore); caps and TTL stay as configured now.
+
+        Beyond a (lowered) cap the newest series are kept.
+        """
+        keys = sorted(saved._series, key=saved._last_seen.__getitem__)[-self.max_series :]
+        self._series = {k: saved._series[k] for k in keys}
+        self._last_seen = {k: saved._last_seen[k] for k in keys}
+        self.overflowed = saved.overflowed
+
     def __len__(self) -> int:
         return len(self._series)
 
     def __contains__(self, labels: object) -> bool:
         return labels in self._series
+
+
+def _no_factory(labels: tuple[str, ...]) -> Any:
+    raise RuntimeError("a restored registry must be adopted by a live one before use")

@@ -37,6 +37,7 @@ from metricsd.budgets import (
 )
 from metricsd.config import Config
 from metricsd.export.prometheus import Family
+from metricsd.persist import capture, restore_into
 from metricsd.pricing import load_pricing, to_pico
 from metricsd.protocol import Batch
 from metricsd.series import OVERFLOW, SeriesRegistry
@@ -77,11 +78,11 @@ class CostTracker:
         self.cache_savings: dict[str, list[int]] = {}  # model → [tokens, regular, cost, premium]
         self.batch_savings = [0, 0, 0]  # requests, regular, billed
         self.budgets: dict[str, Budget] = {}
-        for b in cost.budgets:
-            self.budgets[b.key] = apply_update(b.key, None, _fields(b))
+        self._configure_budgets(cost.budgets)
         self.alerts: deque[Alert] = deque(maxlen=cost.alerts_size)
         self.alerts_sent: dict[str, int] = {"threshold": 0, "exceeded": 0}
         self.alert_sinks: list[Callable[[Alert], None]] = []
+        self.on_budget_change: Callable[[], None] | None = None
         self.suggestions: dict[tuple[str, str], dict[str, Any]] = {}
         self.suggested_at: float | None = None
         self._last_suggest = start
@@ -307,10 +308,19 @@ class CostTracker:
         self._check_budgets({key_id}, wall)
         result = self.budget_status(key_id, wall)
         assert result is not None
+        self._budgets_changed()
         return result
 
     def delete_budget(self, key_id: str) -> bool:
-        return self.budgets.pop(key_id, None) is not None
+        removed = self.budgets.pop(key_id, None) is not None
+        if removed:
+            self._budgets_changed()
+        return removed
+
+    def _budgets_changed(self) -> None:
+        """SPEC §7: budget changes are saved at once (the daemon sets the hook)."""
+        if self.on_budget_change is not None:
+            self.on_budget_change()
 
     # --- housekeeping and views -----------------------------------------------------------
 
@@ -337,6 +347,48 @@ class CostTracker:
         from metricsd.trackers.cost_export import cost_families
 
         return cost_families(self, now)
+
+    # --- state and reload -----------------------------------------------------------------
+
+    #: Data attributes saved by ``state()`` (SPEC §7), budgets and their alert state included.
+    PERSIST = (
+        "start",
+        "wall_offset",
+        "series",
+        "hist",
+        "all",
+        "keys",
+        "keys_overflowed",
+        "unpriced",
+        "clamped",
+        "cache_savings",
+        "batch_savings",
+        "budgets",
+        "alerts_sent",
+        "suggestions",
+        "suggested_at",
+        "_last_suggest",
+    )
+
+    def state(self) -> dict[str, Any]:
+        return capture(self, self.PERSIST)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        restore_into(self, state)
+        # Budgets written in the config file win over saved ones for the same key (their spend
+        # and alert state are kept); budgets set over HTTP come back as they were.
+        self._configure_budgets(self.config.cost.budgets)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: prices, timezone and configured budgets from the new config."""
+        self.config = config
+        self.pricing = load_pricing(config.cost)
+        self.tz = ZoneInfo(config.cost.timezone)
+        self._configure_budgets(config.cost.budgets)
+
+    def _configure_budgets(self, budgets: Any) -> None:
+        for b in budgets:
+            self.budgets[b.key] = apply_update(b.key, self.budgets.get(b.key), _fields(b))
 
     def live(self, now: float, models: frozenset[str]) -> dict[str, Any]:
         """The stream's ``cost`` category; a model filter narrows ``by_model`` (the totals

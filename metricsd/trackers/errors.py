@@ -22,6 +22,7 @@ import numpy.typing as npt
 from metricsd.config import Config
 from metricsd.export.prometheus import Family
 from metricsd.fingerprint import fingerprint, normalise
+from metricsd.persist import capture, restore_into
 from metricsd.protocol import Batch
 from metricsd.series import SeriesRegistry
 from metricsd.trackers.base import UNKNOWN, label_values
@@ -263,6 +264,27 @@ class ErrorTracker:
         """(outcomes, errors) over the last ``seconds``."""
         sums, _span = self.window.window(now, seconds)
         return int(sums[0]), int(sums[1])
+
+    #: Data attributes saved by ``state()`` (SPEC §7).
+    PERSIST = (
+        "start",
+        "total_requests",
+        "total_errors",
+        "window",
+        "by_status",
+        "by_type",
+        "by_endpoint",
+        "by_model",
+        "patterns",
+        "bursts",
+        "recent",
+    )
+
+    def state(self) -> dict[str, Any]:
+        return capture(self, self.PERSIST)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        restore_into(self, state)
 
     def families(self, now: float) -> list[Family]:
         from metricsd.trackers.errors_export import error_families

@@ -17,6 +17,7 @@ import numpy as np
 from metricsd.config import Config
 from metricsd.export.prometheus import Family, render_labels
 from metricsd.hist import Buckets, Layout
+from metricsd.persist import capture, restore_into
 from metricsd.protocol import Batch
 from metricsd.series import SeriesRegistry
 from metricsd.trackers.base import UNKNOWN, group_rows, label_values, take
@@ -284,6 +285,15 @@ class RequestTracker:
         for name, depth, capacity in zip(names, depths, capacities, strict=True):
             q = self.queues.get((name or "default",), now)
             q[0], q[1] = float(depth), float(capacity or 0)
+
+    #: Data attributes saved by ``state()`` (SPEC §7); everything else comes from the config.
+    PERSIST = ("start", "series", "finish", "errors", "token_hist", "cache", "queues", "recent")
+
+    def state(self) -> dict[str, Any]:
+        return capture(self, self.PERSIST)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        restore_into(self, state)
 
     def expire(self, now: float) -> None:
         self._now = now

@@ -138,6 +138,7 @@ class SloState:
 
     def __init__(self, config: SloConfig, geometry: Geometry, ttl: float) -> None:
         self.config = config
+        self.geometry = geometry
         self.name = config.name
         #: The allowed bad fraction, exact for the objective as written.
         self.allowed = Decimal(1) - Decimal(repr(config.objective))
@@ -301,7 +302,65 @@ class SloTracker:
     def series_overflow(self) -> int:
         return sum(s.endpoints.overflowed for s in self.slos)
 
+    # --- state and reload -----------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """SPEC §7: each SLO's counts and alert state, keyed by name."""
+        return {
+            "start": self.start,
+            "wall_offset": self._wall_offset,
+            "slos": {s.name: _slo_data(s) for s in self.slos},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.start = state["start"]
+        self._wall_offset = state["wall_offset"]
+        saved = state["slos"]
+        for slo in self.slos:
+            data = saved.get(slo.name)
+            if data is not None:
+                _adopt(slo, data)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: the SLOs of the new config; one with the same name, objective and budget
+        window keeps its counts, a changed one starts empty."""
+        ttl = config.limits.series_ttl
+        old = {s.name: _slo_data(s) for s in self.slos}
+        geometry = self.slos[0].geometry if self.slos else None
+        assert geometry is not None
+        self.config = config
+        self.slos = [SloState(s, geometry, ttl) for s in (config.slo or (SloConfig(),))]
+        for slo in self.slos:
+            data = old.get(slo.name)
+            if data is not None:
+                _adopt(slo, data)
+
     def families(self, now: float) -> list[Family]:
         from metricsd.trackers.slo_export import slo_families
 
         return slo_families(self, now)
+
+
+def _slo_data(slo: SloState) -> dict[str, Any]:
+    return {
+        "objective": str(slo.objective),
+        "budget_window": slo.config.budget_window,
+        "fine": slo.fine,
+        "coarse": slo.coarse,
+        "endpoints": slo.endpoints,
+        "page": slo.page,
+        "ticket": slo.ticket,
+    }
+
+
+def _adopt(slo: SloState, data: dict[str, Any]) -> None:
+    """Carry saved counts into an SLO if its definition is the same; else it starts empty."""
+    if data["objective"] != str(slo.objective) or data["budget_window"] != slo.config.budget_window:
+        log.info("SLO %s changed its objective or budget window: its counts start empty", slo.name)
+        return
+    slo.fine = data["fine"]
+    slo.coarse = data["coarse"]
+    slo.endpoints.adopt(data["endpoints"])
+    slo.page = data["page"]
+    slo.ticket = data["ticket"]
+    slo._status = None

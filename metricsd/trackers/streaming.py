@@ -24,6 +24,7 @@ import numpy as np
 from metricsd.config import Config
 from metricsd.export.prometheus import Family
 from metricsd.hist import Buckets
+from metricsd.persist import capture, restore_into
 from metricsd.protocol import Batch
 from metricsd.series import SeriesRegistry
 from metricsd.trackers.base import UNKNOWN, group_rows, label_values
@@ -398,6 +399,16 @@ class StreamingTracker:
 
     def series_overflow(self) -> int:
         return self.series.overflowed + self.ttft_buckets.overflowed + self.mix.overflowed
+
+    #: Data attributes saved by ``state()`` (SPEC §7); active streams continue after a restart.
+    PERSIST = ("start", "series", "ttft_buckets", "mix", "table", "totals", "orphaned", "evicted")
+
+    def state(self) -> dict[str, Any]:
+        return capture(self, self.PERSIST)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        restore_into(self, state)
+        self._live = {}
 
     def families(self, now: float) -> list[Family]:
         from metricsd.trackers.streaming_export import streaming_families

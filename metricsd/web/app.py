@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -103,7 +102,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def prometheus(request: web.Request) -> web.Response:
     snap = _snapshot(request)
-    request.app[ENGINE].last_scrape = time.monotonic()
+    engine = request.app[ENGINE]
+    engine.last_scrape = engine.clock()
     if wants_openmetrics(request.headers.get("Accept", "")):
         return web.Response(
             body=snap.openmetrics, headers={"Content-Type": CONTENT_TYPE_OPENMETRICS}

@@ -91,7 +91,7 @@ async def costs(request: web.Request) -> web.Response:
 @_guard
 async def key_costs(request: web.Request) -> web.Response:
     key_id = _key(request)
-    view = key_view(request.app[COST], key_id, time.monotonic(), time.time())
+    view = key_view(request.app[COST], key_id, request.app[_ENGINE].clock(), time.time())
     if view is None:
         return error_response(404, "no costs recorded for this key")
     return json_response(view)

@@ -87,11 +87,11 @@ def test_missing_file() -> None:
 
 def test_check_config_command(tmp_path: Path) -> None:
     runner = CliRunner()
-    good = write(tmp_path, '[auth]\ntoken = "secret"\n[limits]\nmax_series = 9\n')
+    good = write(tmp_path, '[auth]\ntoken = "tok-s3cr3t-v4lue"\n[limits]\nmax_series = 9\n')
     result = runner.invoke(main, ["check-config", str(good)], env={})
     assert result.exit_code == 0, result.output
     assert '"max_series": 9' in result.output
-    assert "secret" not in result.output and '"token": "***"' in result.output
+    assert "tok-s3cr3t-v4lue" not in result.output and '"token": "***"' in result.output
     bad = write(tmp_path, "[limits]\nmax_serie = 9\n")
     result = runner.invoke(main, ["check-config", str(bad)], env={})
     assert result.exit_code == 2

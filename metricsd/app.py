@@ -24,6 +24,7 @@ from aiohttp import web
 from metricsd import persist
 from metricsd.config import Config, ConfigError, split_host_port
 from metricsd.engine import Engine
+from metricsd.export.otlp import OtlpPush, require_sdk
 from metricsd.ingest import Ingest
 from metricsd.persist import Clock
 from metricsd.security import IngestCurve, check_ingest_exposure, is_local_endpoint, tls_context
@@ -107,9 +108,12 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.notifier = Notifier()
         self.curve: IngestCurve | None = None
+        self.otlp: OtlpPush | None = None
 
     async def start(self) -> None:
         check_exposure(self.config)
+        if self.config.otlp.endpoint:
+            require_sdk()  # refuse to start without the extra rather than drop the push
         if self.config.state.path:
             self._restore(self.config.state.path)
         ssl_context = tls_context(self.config.http)
@@ -151,6 +155,14 @@ class Daemon:
                     run_demo(self.context, endpoints[0], self.config.demo.rate), name="demo"
                 )
             )
+        if self.config.otlp.endpoint:
+            self.otlp = OtlpPush(
+                self.config.otlp,
+                lambda: self.engine.families(self.clock(), canonical=True),
+                start_wall=self.engine.started_wall,
+                max_points=64 * self.config.limits.max_series,
+            )
+            self.otlp.start()
         log.info("metricsd ready http=%s ingest=%s", self.http_url, ",".join(endpoints))
         if self.config.ready_file:
             path = Path(self.config.ready_file)
@@ -281,6 +293,8 @@ class Daemon:
                 self.save_state()
             except Exception:  # a failed save must not stop the shutdown; it is loud
                 log.exception("could not save the state at shutdown")
+        if self.otlp is not None:
+            await self.otlp.stop()  # one last push of the final numbers, bounded
         await self.hub.close_all(1001)
         if self.webhook is not None:
             await self.webhook.close()

@@ -207,6 +207,21 @@ class DemoConfig:
     rate: float = 50.0
 
 
+@dataclass(frozen=True)
+class OtlpConfig:
+    """``[otlp]``: periodic OTLP/HTTP push (the ``otlp`` extra); see docs/otel.md.
+
+    ``endpoint``: the collector's base URL (``http://host:4318``; ``/v1/metrics`` is appended
+    unless the URL already ends with it); empty = off. ``timeout``: seconds per export request,
+    and the bound on the final flush at shutdown.
+    """
+
+    endpoint: str = ""
+    interval: float = 15.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+
+
 _KEY_ID: Final = re.compile(r"k_[0-9a-f]{12}\Z")
 
 
@@ -301,6 +316,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     slo: tuple[SloConfig, ...] = (SloConfig(),)
     cost: CostConfig = field(default_factory=CostConfig)
+    otlp: OtlpConfig = field(default_factory=OtlpConfig)
     ready_file: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -308,6 +324,7 @@ class Config:
         data = _plain(dataclasses.asdict(self))
         if data["auth"]["token"]:
             data["auth"]["token"] = "***"
+        data["otlp"]["headers"] = dict.fromkeys(data["otlp"]["headers"], "***")
         return typing.cast(dict[str, Any], data)
 
 
@@ -361,10 +378,11 @@ def _check(config: Config) -> None:
         raise ConfigError("engine.significant_figures: must be 1, 2 or 3")
     if config.log.level.lower() not in _LEVELS:
         raise ConfigError(f"log.level: must be one of {', '.join(_LEVELS)}")
-    if config.prometheus.naming != "llm":
-        # 'otel' (OpenTelemetry GenAI names) is part of the contract but not built yet: refuse
-        # it rather than accept a setting that would silently do nothing.
-        raise ConfigError("prometheus.naming: only 'llm' is supported in this version")
+    if config.prometheus.naming not in ("llm", "otel"):
+        raise ConfigError(
+            f"prometheus.naming: must be 'llm' or 'otel', got {config.prometheus.naming!r}"
+        )
+    _check_otlp(config.otlp)
     if not config.ingest.endpoints:
         raise ConfigError("ingest.endpoints: at least one endpoint is needed")
     for endpoint in config.ingest.endpoints:
@@ -388,6 +406,15 @@ def _check(config: Config) -> None:
     }.items():
         if not bounds or any(b <= a for a, b in itertools.pairwise(bounds)):
             raise ConfigError(f"{path}: must be a non-empty, strictly increasing list")
+
+
+def _check_otlp(otlp: OtlpConfig) -> None:
+    if otlp.endpoint and not re.match(r"https?://[^/\s]+", otlp.endpoint):
+        raise ConfigError(f"otlp.endpoint: expected an http(s):// URL, got {otlp.endpoint!r}")
+    if not 0.1 <= otlp.interval <= 86400.0:
+        raise ConfigError(f"otlp.interval: must be 0.1 to 86400 s, got {otlp.interval!r}")
+    if not 0.0 < otlp.timeout <= 300.0:
+        raise ConfigError(f"otlp.timeout: must be > 0 and at most 300 s, got {otlp.timeout!r}")
 
 
 def split_host_port(value: str, path: str = "http.listen") -> tuple[str, int]:

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 from metricsd import __version__
 from metricsd.config import Config
+from metricsd.export.naming import translate_families
 from metricsd.export.prometheus import Family, render_both
-from metricsd.protocol import REASONS, Batch, DecodeResult, Limits
+from metricsd.protocol import REASONS, Batch, DecodeResult, Limits, merge_batches
 from metricsd.schema import EVENT_TYPES
 
 __all__ = ["Engine", "Snapshot", "Tracker"]
@@ -85,6 +86,9 @@ class Snapshot:
         return self._views[key]
 
 
+#: Order of application inside one wake-up: a stream's start before its tokens before its end.
+_TYPE_ORDER = {"stream.start": 1, "stream.token": 2, "stream.backpressure": 3, "stream.end": 4}
+
 #: With no scrape for this long, the exposition is rendered on demand instead of every tick.
 SCRAPER_GONE_SECONDS = 60.0
 
@@ -128,12 +132,19 @@ class Engine:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def apply(self, result: DecodeResult, now: float, wall: float) -> None:
-        """Apply one decoded frame."""
-        self.frames_received += 1
+    def apply(self, result: DecodeResult, now: float, wall: float, frames: int = 1) -> None:
+        """Apply what ``frames`` frames decoded to (one frame, or one ingest wake-up's worth).
+
+        Batches of the same type are merged first, so the trackers' fixed cost per batch is
+        paid once per type per wake-up; stream lifecycle types are applied start → token →
+        backpressure → end.
+        """
+        self.frames_received += frames
         self.events_invalid.update(result.rejected)
         self.strings_truncated += result.truncated
-        for batch in result.batches:
+        merged = merge_batches(result.batches)
+        merged.sort(key=lambda b: _TYPE_ORDER.get(b.type, 0))
+        for batch in merged:
             self.apply_batch(batch, now, wall)
 
     def apply_batch(self, batch: Batch, now: float, wall: float) -> None:
@@ -202,13 +213,18 @@ class Engine:
         self.tick_seconds = time.perf_counter() - started
         return snap
 
-    def families(self, now: float) -> list[Family]:
+    def families(self, now: float, *, canonical: bool = False) -> list[Family]:
+        """Every family, as /metrics serves it: with ``prometheus.naming = "otel"`` under the
+        Prometheus translation of the OpenTelemetry names unless ``canonical`` (what the OTLP
+        exporter maps itself)."""
         out: list[Family] = []
         for tracker in self.trackers:
             out.extend(tracker.families(now))
         for extra in self.extra_families:
             out.extend(extra(now))
         out.extend(self._self_families())
+        if not canonical and self.config.prometheus.naming == "otel":
+            out = translate_families(out)
         return out
 
     def _self_families(self) -> list[Family]:

@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from metricsd.config import IngestConfig
 from metricsd.engine import Engine
-from metricsd.protocol import decode
+from metricsd.protocol import Decoder
 
 __all__ = ["Ingest"]
 
@@ -63,25 +63,30 @@ class Ingest:
             self.endpoints.append(last.decode() if isinstance(last, bytes) else str(last))
         return self.endpoints
 
-    def _handle(self, parts: list[bytes]) -> None:
+    def _drain_nowait(self, limit: int, first: list[bytes] | None = None) -> int:
+        """Receive up to ``limit`` queued frames (after ``first``), decode them together and
+        apply them in one go; returns how many frames were handled."""
         engine = self.engine
-        if len(parts) != 1:
-            engine.reject_frame("shape")
-            return
-        now, wall = self.clock(), time.time()
-        engine.apply(decode(parts[0], wall, engine.limits), now, wall)
-
-    def _drain_nowait(self, limit: int) -> int:
-        """Receive and apply up to ``limit`` frames that are already queued."""
-        handled = 0
+        wall = time.time()
+        decoder = Decoder(wall, engine.limits)
         sock = self._sync
-        while handled < limit:
+        handled = 0
+        parts = first
+        while True:
+            if parts is not None:
+                handled += 1
+                if len(parts) == 1:
+                    decoder.add(parts[0])
+                else:
+                    engine.reject_frame("shape")
+            if handled >= limit:
+                break
             try:
                 parts = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self._handle(parts)
-            handled += 1
+        if decoder.frames:
+            engine.apply(decoder.finish(), self.clock(), wall, frames=decoder.frames)
         return handled
 
     async def run(self) -> None:
@@ -91,21 +96,28 @@ class Ingest:
         while not self._stopping:
             parts = await sock.recv_multipart()
             try:
-                self._handle(parts)
-                self._drain_nowait(limit - 1)
+                self._drain_nowait(limit, first=parts)
             except Exception:  # a tracker bug must not stop ingest; it is logged, not hidden
                 log.exception("error applying a frame")
             await asyncio.sleep(0)
 
-    def drain(self, max_frames: int = 1_000_000) -> int:
-        """At shutdown: apply everything the socket still holds; returns frames applied."""
+    def drain(self, quiet: float = 0.2, max_seconds: float = 5.0) -> int:
+        """At shutdown: apply everything the socket holds, and what is still arriving, until
+        nothing has come for ``quiet`` seconds (at most ``max_seconds``); returns frames."""
         self._stopping = True
         total = 0
-        while total < max_frames:
+        deadline = time.monotonic() + max_seconds
+        last = time.monotonic()
+        while time.monotonic() < deadline:
             n = self._drain_nowait(10_000)
             total += n
-            if n == 0:
+            now = time.monotonic()
+            if n:
+                last = now
+            elif now - last >= quiet:
                 break
+            else:
+                self._sync.poll(timeout=20)
         return total
 
     def close(self) -> None:

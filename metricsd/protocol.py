@@ -32,9 +32,11 @@ __all__ = [
     "REASONS",
     "Batch",
     "DecodeResult",
+    "Decoder",
     "Limits",
     "decode",
     "hash_key",
+    "merge_batches",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -50,6 +52,9 @@ REASONS: Final = (
 )
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _INT64_MAX: Final = 2**63 - 1
+#: Largest magnitude of a float field: far beyond any real duration, price or gauge, and far
+#: enough below the float maximum that sums over any number of events stay finite.
+_MAX_FLOAT: Final = 1e100
 _MAX_LABELS: Final = 8
 
 
@@ -150,22 +155,52 @@ class _Reject(Exception):
 
 def decode(frame: bytes, now: float, limits: Limits = Limits()) -> DecodeResult:
     """Decode and validate one frame. Never raises; see the module docstring."""
-    result = DecodeResult()
-    if len(frame) > limits.max_frame_bytes:
-        result.rejected["too_large"] += 1
-        return result
-    try:
-        obj = msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
-    except Exception:  # any malformed input: the msgpack library's errors are not one type
-        result.rejected["decode"] += 1
-        return result
-    try:
-        _decode_frame(obj, now, limits, result)
-    except _Reject as exc:
-        result.batches.clear()
-        result.truncated = 0
-        result.rejected[exc.reason] += exc.count
-    return result
+    decoder = Decoder(now, limits)
+    decoder.add(frame)
+    return decoder.finish()
+
+
+class Decoder:
+    """Decodes many frames into one result (what ingest drains in one wake-up).
+
+    Events sent as maps are pooled by type across all the frames and validated as one column per
+    field, so a stream of one-event frames costs about what one array of events costs; columnar
+    batches are validated as they come. Frame-level rejects (decode, too_large, too_many, a
+    frame's version or shape) only ever concern their own frame.
+    """
+
+    __slots__ = ("_plain", "frames", "limits", "now", "result")
+
+    def __init__(self, now: float, limits: Limits = Limits()) -> None:
+        self.now = now
+        self.limits = limits
+        self.result = DecodeResult()
+        self._plain: dict[str, list[dict[Any, Any]]] = {}
+        self.frames = 0
+
+    def add(self, frame: bytes) -> None:
+        """Decode one frame. Never raises."""
+        self.frames += 1
+        result = self.result
+        if len(frame) > self.limits.max_frame_bytes:
+            result.rejected["too_large"] += 1
+            return
+        try:
+            obj = msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+        except Exception:  # any malformed input: the msgpack library's errors are not one type
+            result.rejected["decode"] += 1
+            return
+        try:
+            _decode_frame(obj, self.now, self.limits, result, self._plain)
+        except _Reject as exc:  # raised before anything of this frame was kept
+            result.rejected[exc.reason] += exc.count
+
+    def finish(self) -> DecodeResult:
+        """Validate the pooled events; the result holds every frame's batches and rejects."""
+        for type_name, events in self._plain.items():
+            _plain(type_name, events, self.now, self.limits, self.result)
+        self._plain = {}
+        return self.result
 
 
 def _count_events(obj: Any) -> int:
@@ -186,41 +221,67 @@ def _batch_len(obj: dict[Any, Any]) -> int:
     return 1
 
 
-def _decode_frame(obj: Any, now: float, limits: Limits, result: DecodeResult) -> None:
-    if isinstance(obj, dict):
-        if "v" in obj and obj["v"] != PROTOCOL_VERSION:
+def _decode_frame(
+    obj: Any,
+    now: float,
+    limits: Limits,
+    result: DecodeResult,
+    plain: dict[str, list[dict[Any, Any]]],
+) -> None:
+    if type(obj) is dict:
+        if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
             raise _Reject("version", _count_events(obj))
         elements: list[Any] = [obj]
-    elif isinstance(obj, list):
+    elif type(obj) is list:
         elements = obj
     else:
         raise _Reject("shape")
-    total = _count_events(obj)
+    # One pass sorts the elements and counts the events; nothing is kept before the count is
+    # known, so a frame over the limit is rejected whole.
+    staged: list[tuple[str, dict[Any, Any]]] = []
+    columnar: list[dict[Any, Any]] = []
+    shape = version = unknown = total = 0
+    for element in elements:
+        if type(element) is not dict:
+            shape += 1
+            total += 1
+        elif "cols" in element or "const" in element:
+            columnar.append(element)
+            total += _batch_len(element) if "cols" in element else 1
+        else:
+            total += 1
+            type_name = element.get("type")
+            if element.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+                version += 1
+            elif type(type_name) is str and type_name in EVENT_TYPES:
+                staged.append((type_name, element))
+            elif type_name is None:
+                shape += 1
+            else:
+                unknown += 1
     if total > limits.max_events:
         raise _Reject("too_many", total)
-    plain: dict[str, list[dict[Any, Any]]] = {}
-    for element in elements:
-        if not isinstance(element, dict):
-            result.rejected["shape"] += 1
-            continue
-        if "v" in element and element["v"] != PROTOCOL_VERSION:
-            result.rejected["version"] += _count_events(element)
-            continue
-        type_name = element.get("type")
-        if "cols" in element or "const" in element:
-            try:
-                _columnar(element, now, limits, result)
-            except _Reject as exc:
-                result.rejected[exc.reason] += exc.count
-            continue
-        if type_name is None:
-            result.rejected["shape"] += 1
-        elif not isinstance(type_name, str) or type_name not in EVENT_TYPES:
-            result.rejected["unknown_type"] += 1
+    rejected = result.rejected
+    if shape:
+        rejected["shape"] += shape
+    if version:
+        rejected["version"] += version
+    if unknown:
+        rejected["unknown_type"] += unknown
+    for type_name, element in staged:
+        bucket = plain.get(type_name)
+        if bucket is None:
+            plain[type_name] = [element]
         else:
-            plain.setdefault(type_name, []).append(element)
-    for type_name, events in plain.items():
-        _plain(type_name, events, now, limits, result)
+            bucket.append(element)
+    for element in columnar:
+        if element.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+            rejected["version"] += _count_events(element)
+            continue
+        try:
+            _columnar(element, now, limits, result)
+        except _Reject as exc:
+            rejected[exc.reason] += exc.count
 
 
 def _columnar(obj: dict[Any, Any], now: float, limits: Limits, result: DecodeResult) -> None:
@@ -253,7 +314,7 @@ def _plain(
 ) -> None:
     """Events given as maps: turn them into one columnar batch per type."""
     schema = EVENT_TYPES[type_name]
-    names = {k for e in events for k in e if k in schema}
+    names = set().union(*events).intersection(schema)
     n = len(events)
     if n == 1:
         _build(type_name, 1, {k: events[0][k] for k in names}, {}, now, limits, result)
@@ -261,13 +322,14 @@ def _plain(
     cols: dict[str, list[Any]] = {}
     present: dict[str, list[bool]] = {}
     for name in names:
-        fdef = schema[name]
-        missing = _MISSING
-        col = [e.get(name, missing) for e in events]
-        if any(v is missing for v in col):
+        try:
+            cols[name] = [e[name] for e in events]  # the usual case: every event has it
+        except KeyError:
+            fdef = schema[name]
+            missing = _MISSING
+            col = [e.get(name, missing) for e in events]
             present[name] = [v is not missing for v in col]
-            col = [fdef.default if v is missing else v for v in col]
-        cols[name] = col
+            cols[name] = [fdef.default if v is missing else v for v in col]
     _build(type_name, n, {}, cols, now, limits, result, present, strict=True)
 
 
@@ -394,14 +456,14 @@ def _check_scalar(
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return (None, False)
         if isinstance(value, float):
-            if not math.isfinite(value):
+            if not math.isfinite(value) or abs(value) > _MAX_FLOAT:
                 return (None, False)
             if kind in ("count", "int"):
-                if value != int(value):
+                if value != int(value) or abs(value) > _INT64_MAX:
                     return (None, False)
                 value = int(value)
-        elif abs(value) > _INT64_MAX:
-            return (None, False)
+        elif abs(value) > _INT64_MAX and kind in ("count", "int"):
+            return (None, False)  # a float field takes any integer, as its columns do
         if kind in ("nnfloat", "count") and value < 0:
             return (None, False)
         return (float(value) if kind in ("float", "nnfloat") else int(value), True)
@@ -476,15 +538,15 @@ def _check_column(
     """Validate a column. Returns (normalised column, mask of bad rows or None)."""
     kind = fdef.kind
     if kind in _NUMPY_DTYPE:
-        fast = None if strict and any(type(v) is bool for v in col) else _numeric_fast(fdef, col)
+        fast = None if strict and bool in set(map(type, col)) else _numeric_fast(fdef, col)
         if fast is not None:
             return fast
     elif kind == "bool":
-        if all(type(v) is bool for v in col):
+        if set(map(type, col)) == {bool}:
             return np.array(col, dtype=bool), None
     elif kind in ("str", "longstr", "text"):
-        limit = _string_limit(kind, limits)
-        if all(type(v) is str and len(v) <= limit for v in col):
+        # Type and length checks in C (map), not a Python loop per value.
+        if set(map(type, col)) == {str} and max(map(len, col)) <= _string_limit(kind, limits):
             return col, None
     # Slow path: value by value, so each bad row is found and the good ones kept.
     values: list[Any] = []
@@ -519,7 +581,8 @@ def _numeric_fast(fdef: Field, col: list[Any]) -> tuple[Any, np.ndarray[Any, Any
         return None  # strings, None, bools, nested lists, big ints: check value by value
     kind = fdef.kind
     if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr)
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(arr) <= _MAX_FLOAT)  # NaN, infinities and absurd magnitudes
         if kind in ("count", "int"):
             with np.errstate(invalid="ignore"):
                 bad |= arr != np.floor(arr)
@@ -536,3 +599,70 @@ def _numeric_fast(fdef: Field, col: list[Any]) -> tuple[Any, np.ndarray[Any, Any
             bad |= arr < 0
     arr = arr.astype(_NUMPY_DTYPE[kind], copy=False)
     return arr, (bad if bad.any() else None)
+
+
+def merge_batches(batches: list[Batch]) -> list[Batch]:
+    """Join batches of the same type into one each (first-seen order of types kept).
+
+    Trackers pay a fixed cost per batch (tens of numpy calls); ingest merges what one wake-up
+    decoded so that cost is paid once per type, not once per frame. A field constant across
+    every batch stays constant; otherwise it becomes a column (numbers as arrays, strings and
+    objects as lists), so rows keep their values and their order.
+    """
+    by_type: dict[str, list[Batch]] = {}
+    for batch in batches:
+        by_type.setdefault(batch.type, []).append(batch)
+    return [group[0] if len(group) == 1 else _merge(group) for group in by_type.values()]
+
+
+def _merge(group: list[Batch]) -> Batch:
+    type_name = group[0].type
+    schema = EVENT_TYPES[type_name]
+    n = sum(b.n for b in group)
+    names: dict[str, None] = {}
+    for b in group:
+        names.update(dict.fromkeys(b.const))
+        names.update(dict.fromkeys(b.cols))
+    const: dict[str, Any] = {}
+    cols: dict[str, Any] = {}
+    for name in names:
+        values = [b.const[name] for b in group if name not in b.cols and name in b.const]
+        if len(values) == len(group) and all(_same(v, values[0]) for v in values):
+            const[name] = values[0]
+            continue
+        fdef = schema.get(name)
+        kind = fdef.kind if fdef is not None else "str"
+        pieces: list[Any] = []
+        for b in group:
+            if name in b.cols:
+                pieces.append(b.cols[name])
+            else:
+                pieces.append(_broadcast(kind, b.const.get(name), b.n))
+        if all(isinstance(p, np.ndarray) for p in pieces):
+            cols[name] = np.concatenate(pieces)
+        else:
+            joined: list[Any] = []
+            for p in pieces:
+                joined.extend(p.tolist() if isinstance(p, np.ndarray) else p)
+            cols[name] = joined
+    return Batch(type_name, n, const, cols)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and bool(a == b)
+
+
+def _broadcast(kind: str, value: Any, n: int) -> Any:
+    """A constant as a column of the same form a decoded column of that kind has."""
+    if kind in _NUMPY_DTYPE:
+        dtype = _NUMPY_DTYPE[kind]
+        if value is None:
+            return np.full(n, math.nan if dtype is np.float64 else 0, dtype=dtype)
+        return np.full(n, value, dtype=dtype)
+    if kind == "bool":
+        return np.full(n, bool(value), dtype=bool)
+    return [value] * n

@@ -101,9 +101,13 @@ class Daemon:
         return value
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        alive = self.proc.poll() is None
         if self._push is not None:
-            self._push.close(linger=0)
+            # Everything sent reaches the daemon before the signal: terminating the context
+            # waits (up to the linger) until the queued frames are delivered.
+            self._push.close(linger=5000 if alive else 0)
             self._push = None
+        self._ctx.term()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -111,7 +115,6 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self._ctx.term()
         return self.proc.returncode
 
 

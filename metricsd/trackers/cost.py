@@ -18,7 +18,7 @@ here reads a clock: ``now`` (monotonic) and ``wall`` (Unix) are arguments.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -41,7 +41,7 @@ from metricsd.persist import capture, restore_into
 from metricsd.pricing import load_pricing, to_pico
 from metricsd.protocol import Batch
 from metricsd.series import OVERFLOW, SeriesRegistry
-from metricsd.trackers.base import UNKNOWN, group_rows, label_values, take
+from metricsd.trackers.base import Providers, group_rows, label_values, take
 from metricsd.trackers.cost_calc import GroupCost, Quantities, price_rows
 from metricsd.trackers.cost_state import PicoBuckets, Totals, exact_sum
 from metricsd.trackers.cost_suggest import PER_TICK, refresh
@@ -88,7 +88,7 @@ class CostTracker:
         self._last_suggest = start
         self.dirty: set[str] = set()
         self._pending: list[str] = []
-        self._providers: dict[str, str] = {}
+        self.providers = Providers(config.providers.prefixes)
         self.start = start
         self.wall_offset = wall_start - start
 
@@ -241,27 +241,11 @@ class CostTracker:
         return key, state
 
     def provider_for(self, model: str) -> str:
-        """Provider from the configured model-name prefixes (longest prefix wins)."""
-        found = self._providers.get(model)
-        if found is None:
-            prefixes: Mapping[str, str] = self.config.providers.prefixes
-            matches = [p for p in prefixes if model.startswith(p)]
-            found = prefixes[max(matches, key=len)] if matches else UNKNOWN
-            if len(self._providers) < 10_000:
-                self._providers[model] = found
-        return found
+        return self.providers.of_model(model)
 
     def _providers_of(self, batch: Batch, models: str | list[str]) -> str | list[str]:
         given = batch.get("provider") if batch.type == "request" else None
-        if isinstance(given, list) or isinstance(models, list):
-            n = batch.n
-            given_list = given if isinstance(given, list) else [given] * n
-            model_list = models if isinstance(models, list) else [models] * n
-            return [
-                p if p else self.provider_for(m)
-                for p, m in zip(given_list, model_list, strict=True)
-            ]
-        return str(given) if given else self.provider_for(models)
+        return self.providers.column(given, models, batch.n)
 
     # --- budgets --------------------------------------------------------------------------
 

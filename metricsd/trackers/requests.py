@@ -9,7 +9,6 @@ Python work per event on the columnar fast path.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from metricsd.hist import Buckets, Layout
 from metricsd.persist import capture, restore_into
 from metricsd.protocol import Batch
 from metricsd.series import SeriesRegistry
-from metricsd.trackers.base import UNKNOWN, group_rows, label_values, take
+from metricsd.trackers.base import Providers, group_rows, label_values, take
 from metricsd.trackers.recent import RecentRing
 from metricsd.window import CounterRing, Geometry, HistRing
 
@@ -113,7 +112,7 @@ class RequestTracker:
             "queues", lambda _k: [0.0, 0.0], cap, ttl
         )
         self.recent = RecentRing(config.engine.recent_size)
-        self._providers: dict[str, str] = {}
+        self.providers = Providers(config.providers.prefixes)
         self._now = start
 
     # --- writes ---------------------------------------------------------------------------
@@ -129,34 +128,13 @@ class RequestTracker:
             self._queue(batch, now)
 
     def provider_for(self, model: str) -> str:
-        """Provider from the configured model-name prefixes (longest prefix wins)."""
-        found = self._providers.get(model)
-        if found is None:
-            prefixes: Mapping[str, str] = self.config.providers.prefixes
-            matches = [p for p in prefixes if model.startswith(p)]
-            found = prefixes[max(matches, key=len)] if matches else UNKNOWN
-            if len(self._providers) < 10_000:
-                self._providers[model] = found
-        return found
-
-    def _providers_of(self, batch: Batch, models: str | list[str]) -> str | list[str]:
-        given = batch.get("provider")
-        if isinstance(given, list):
-            model_list = models if isinstance(models, list) else [models] * batch.n
-            return [
-                p if p else self.provider_for(m) for p, m in zip(given, model_list, strict=True)
-            ]
-        if given:
-            return str(given)
-        if isinstance(models, list):
-            return [self.provider_for(m) for m in models]
-        return self.provider_for(models)
+        return self.providers.of_model(model)
 
     def _outcomes(self, batch: Batch, now: float) -> None:
         n = batch.n
         endpoints = label_values(batch, "endpoint")
         models = label_values(batch, "model")
-        providers = self._providers_of(batch, models)
+        providers = self.providers.column(batch.get("provider"), models, n)
         is_request = batch.type == "request"
         status_col = batch.column("status", np.int64)
         error_types = batch.get("error_type")

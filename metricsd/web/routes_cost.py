@@ -123,7 +123,7 @@ async def put_budget(request: web.Request) -> web.Response:
     raw = await request.read()  # over http.max_body_bytes: 413 from the error middleware
     try:
         body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         return error_response(400, "the body must be a JSON object")
     tracker = request.app[COST]
     created = key_id not in tracker.budgets

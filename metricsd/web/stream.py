@@ -83,10 +83,13 @@ class Session:
             return [error(now, "message too large")]
         try:
             message = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: also integers > 4300 digits
             return [
                 error(
-                    now, f"Invalid JSON: {exc}" if isinstance(exc, ValueError) else "Invalid JSON"
+                    now,
+                    f"Invalid JSON: {exc}"
+                    if isinstance(exc, json.JSONDecodeError)
+                    else "Invalid JSON",
                 )
             ]
         if not isinstance(message, dict):
@@ -139,7 +142,9 @@ class Session:
         for name, value in (("endpoint", endpoint), ("model", model)):
             if value is not None and not isinstance(value, str):
                 problems.append(f"{name} must be a string")
-        if metric_type is not None and metric_type not in METRIC_TYPES:
+        if metric_type is not None and (
+            not isinstance(metric_type, str) or metric_type not in METRIC_TYPES
+        ):
             shown = metric_type if isinstance(metric_type, str) else json.dumps(metric_type)[:64]
             problems.append(f"Invalid metric type: {str(shown)[:64]}")
         new_interval: float | None = None

@@ -66,9 +66,7 @@ def test_defaults_file_matches_the_schema() -> None:
     table = vectorlib.defaults()
     assert table["*"] == {"source": "default"}
     for t, fields in EVENT_TYPES.items():
-        want = {
-            n: f.default for n, f in fields.items() if f.default is not None and n != "source"
-        }
+        want = {n: f.default for n, f in fields.items() if f.default is not None and n != "source"}
         assert table[t] == want, t
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vectorlib  # noqa: E402
+import vectorlib
 
-from metricsd.schema import EVENT_TYPES  # noqa: E402
+from metricsd.schema import EVENT_TYPES
 
 HERE = vectorlib.HERE
 MiB = 1 << 20
@@ -202,8 +202,12 @@ ERROR_FULL = {
     "model": "gpt-4o",
     "request_id": "req-8",
 }
-case("type_error", "An error event (a failed request with no latency).", frame=ERROR_FULL,
-     events=[ERROR_FULL])  # fmt: skip
+case(
+    "type_error",
+    "An error event (a failed request with no latency).",
+    frame=ERROR_FULL,
+    events=[ERROR_FULL],
+)
 STREAM = [
     {
         "type": "stream.start",
@@ -217,14 +221,25 @@ STREAM = [
         "client_id": "c-1",
         "provider": "openai",
     },
-    {"type": "stream.token", "stream_id": "st-1", "ts": TS + 0.25, "n": 1, "bytes": 5,
-     "text": "Hello"},
+    {
+        "type": "stream.token",
+        "stream_id": "st-1",
+        "ts": TS + 0.25,
+        "n": 1,
+        "bytes": 5,
+        "text": "Hello",
+    },
     {"type": "stream.token", "stream_id": "st-1", "ts": TS + 0.3125, "n": 2, "bytes": 7},
     {"type": "stream.backpressure", "stream_id": "st-1", "ts": TS + 0.375, "buffer_size": 64},
     {"type": "stream.token", "stream_id": "st-1", "ts": TS + 0.5, "n": 1},
-    {"type": "stream.end", "stream_id": "st-1", "ts": TS + 0.625, "status": "completed",
-     "finish_reason": "stop"},
-]  # fmt: skip
+    {
+        "type": "stream.end",
+        "stream_id": "st-1",
+        "ts": TS + 0.625,
+        "status": "completed",
+        "finish_reason": "stop",
+    },
+]
 case(
     "type_stream_lifecycle",
     "stream.start, stream.token (with n, bytes, text), stream.backpressure and stream.end of one "
@@ -240,10 +255,19 @@ STREAM_FAILED = {
     "error_type": "upstream_reset",
     "error_message": "connection reset by peer",
 }
-case("type_stream_end_failed", "A stream.end with status failed and an error.",
-     frame=STREAM_FAILED, events=[STREAM_FAILED])  # fmt: skip
-CACHE = {"type": "cache", "hit": True, "total_tokens": 2048, "matched_tokens": 1536,
-         "model": "gpt-4o"}  # fmt: skip
+case(
+    "type_stream_end_failed",
+    "A stream.end with status failed and an error.",
+    frame=STREAM_FAILED,
+    events=[STREAM_FAILED],
+)
+CACHE = {
+    "type": "cache",
+    "hit": True,
+    "total_tokens": 2048,
+    "matched_tokens": 1536,
+    "model": "gpt-4o",
+}
 case("type_cache", "A prompt-cache lookup.", frame=CACHE, events=[CACHE])
 QUEUE = {"type": "queue", "depth": 12, "queue": "gpu-a100", "capacity": 64}
 case("type_queue", "A queue depth sample.", frame=QUEUE, events=[QUEUE])
@@ -258,19 +282,37 @@ USAGE = {
     "batch": True,
     "cost_usd": 0.16,
 }
-case("type_usage_images", "A usage event with images {size, quality, n}.", frame=USAGE,
-     events=[USAGE])  # fmt: skip
+case(
+    "type_usage_images",
+    "A usage event with images {size, quality, n}.",
+    frame=USAGE,
+    events=[USAGE],
+)
 CLIENT = {"type": "client", "dropped": 17, "source": "worker-3"}
 case("type_client", "An emitter's drop report (SPEC §1.5).", frame=CLIENT, events=[CLIENT])
 METRICS = [
-    {"type": "metric", "name": "llm_circuit_breaker_open", "kind": "gauge", "value": 1.0,
-     "labels": {"provider": "openai"}},
-    {"type": "metric", "name": "retries", "kind": "counter", "value": 3.0,
-     "labels": {"provider": "anthropic", "reason": "overloaded"}},
+    {
+        "type": "metric",
+        "name": "llm_circuit_breaker_open",
+        "kind": "gauge",
+        "value": 1.0,
+        "labels": {"provider": "openai"},
+    },
+    {
+        "type": "metric",
+        "name": "retries",
+        "kind": "counter",
+        "value": 3.0,
+        "labels": {"provider": "anthropic", "reason": "overloaded"},
+    },
     {"type": "metric", "name": "app:embedding_ms", "kind": "histogram", "value": 12.5},
-]  # fmt: skip
-case("type_metric", "Custom metrics of every kind, with and without labels.", frame=METRICS,
-     events=METRICS)  # fmt: skip
+]
+case(
+    "type_metric",
+    "Custom metrics of every kind, with and without labels.",
+    frame=METRICS,
+    events=METRICS,
+)
 EVERY = [
     {"type": "request", "duration_ms": 1.5},
     {"type": "error", "error_type": "timeout"},
@@ -294,15 +336,17 @@ case(
 case(
     "unknown_fields_ignored",
     "Fields outside SPEC §1.3 are ignored (forward compatibility); the event is accepted.",
-    frame={"type": "request", "duration_ms": 2.0, "future_field": "x",
-           "nested": {"a": [1, 2]}},  # fmt: skip
+    frame={"type": "request", "duration_ms": 2.0, "future_field": "x", "nested": {"a": [1, 2]}},
     events=[{"type": "request", "duration_ms": 2.0}],
 )
 case(
     "version_1",
     "v = 1 on the frame and on a columnar batch's const: accepted.",
     frame={"v": 1, "type": "queue", "const": {"v": 1, "queue": "q"}, "cols": {"depth": [1, 2]}},
-    events=[{"type": "queue", "queue": "q", "depth": 1}, {"type": "queue", "queue": "q", "depth": 2}],
+    events=[
+        {"type": "queue", "queue": "q", "depth": 1},
+        {"type": "queue", "queue": "q", "depth": 2},
+    ],
 )
 case(
     "string_truncated",
@@ -319,7 +363,9 @@ case(
 )
 
 # Boundaries at the daemon's default limits (SPEC §1.4), given as hex_parts.
-_DUR_COL_10000 = b"\x82\xa4type\xa7request\xa4cols\x81\xabduration_ms\xdc" + struct.pack(">H", 10000)
+_DUR_COL_10000 = b"\x82\xa4type\xa7request\xa4cols\x81\xabduration_ms\xdc" + struct.pack(
+    ">H", 10000
+)
 case(
     "limit_10000_events",
     "Exactly 10 000 events (the default limit): a columnar batch of 10 000 durations, accepted.",
@@ -345,8 +391,12 @@ case(
 
 # ------------------------------------------------------------------------------ rejects
 
-case("decode_garbage", "0xc1 is never used in msgpack: the frame does not decode.", raw=b"\xc1",
-     rejected={"decode": 1})  # fmt: skip
+case(
+    "decode_garbage",
+    "0xc1 is never used in msgpack: the frame does not decode.",
+    raw=b"\xc1",
+    rejected={"decode": 1},
+)
 case("decode_empty", "An empty message is not a msgpack object.", raw=b"", rejected={"decode": 1})
 case(
     "decode_truncated",
@@ -368,7 +418,7 @@ case(
 )
 case(
     "version_string",
-    "v = \"1\" (a string) is not version 1.",
+    'v = "1" (a string) is not version 1.',
     frame={"v": "1", "type": "request", "duration_ms": 1.0},
     rejected={"version": 1},
 )
@@ -385,8 +435,12 @@ case(
     events=[{"type": "queue", "depth": 2}],
     rejected={"version": 1},
 )
-case("shape_scalar", "A frame that is a number: neither a map nor an array.", frame=42,
-     rejected={"shape": 1})  # fmt: skip
+case(
+    "shape_scalar",
+    "A frame that is a number: neither a map nor an array.",
+    frame=42,
+    rejected={"shape": 1},
+)
 case("shape_string", "A frame that is a string.", frame="request", rejected={"shape": 1})
 case(
     "shape_element_not_map",
@@ -415,10 +469,18 @@ case(
     frame={"type": "request", "cols": [[1.0, 2.0]]},
     rejected={"shape": 1},
 )
-case("unknown_type", "An unknown type.", frame={"type": "bogus", "x": 1},
-     rejected={"unknown_type": 1})  # fmt: skip
-case("unknown_type_not_string", "A type that is not a string.", frame={"type": 7},
-     rejected={"unknown_type": 1})  # fmt: skip
+case(
+    "unknown_type",
+    "An unknown type.",
+    frame={"type": "bogus", "x": 1},
+    rejected={"unknown_type": 1},
+)
+case(
+    "unknown_type_not_string",
+    "A type that is not a string.",
+    frame={"type": 7},
+    rejected={"unknown_type": 1},
+)
 case(
     "unknown_type_columnar",
     "A columnar batch of 3 of an unknown type: 3 rejected.",
@@ -519,19 +581,22 @@ case(
     "bad_value_labels",
     "Bad metric labels: 9 pairs (at most 8), a reserved __ name, a non-string value.",
     frame=[
-        {"type": "metric", "name": "x", "kind": "gauge", "value": 1.0,
-         "labels": {f"l{i}": "v" for i in range(9)}},
-        {"type": "metric", "name": "x", "kind": "gauge", "value": 1.0,
-         "labels": {"__name__": "y"}},
+        {
+            "type": "metric",
+            "name": "x",
+            "kind": "gauge",
+            "value": 1.0,
+            "labels": {f"l{i}": "v" for i in range(9)},
+        },
+        {"type": "metric", "name": "x", "kind": "gauge", "value": 1.0, "labels": {"__name__": "y"}},
         {"type": "metric", "name": "x", "kind": "gauge", "value": 1.0, "labels": {"a": 1}},
-    ],  # fmt: skip
+    ],
     rejected={"bad_value": 3},
 )
 case(
     "bad_value_column_row",
     "A bad value in one row of a column rejects that row only.",
-    frame={"type": "request", "const": {"model": "m"},
-           "cols": {"duration_ms": [1.0, -1.0, 2.0]}},  # fmt: skip
+    frame={"type": "request", "const": {"model": "m"}, "cols": {"duration_ms": [1.0, -1.0, 2.0]}},
     events=[
         {"type": "request", "model": "m", "duration_ms": 1.0},
         {"type": "request", "model": "m", "duration_ms": 2.0},
@@ -541,8 +606,7 @@ case(
 case(
     "bad_value_const",
     "A bad value in const rejects the whole batch.",
-    frame={"type": "request", "const": {"status": "ok"},
-           "cols": {"duration_ms": [1.0, 2.0, 3.0]}},  # fmt: skip
+    frame={"type": "request", "const": {"status": "ok"}, "cols": {"duration_ms": [1.0, 2.0, 3.0]}},
     rejected={"bad_value": 3},
 )
 case(
@@ -553,9 +617,7 @@ case(
         {
             "hex": (
                 b"\x83"
-                + b"".join(
-                    msgpack.packb(x) for x in ("type", "request", "duration_ms", 1.0)
-                )
+                + b"".join(msgpack.packb(x) for x in ("type", "request", "duration_ms", 1.0))
                 + msgpack.packb("error_message")
                 + b"\xdb"
                 + struct.pack(">I", MiB)
@@ -588,8 +650,9 @@ case(
 # ------------------------------------------------------------------------------ emitter output
 
 
-def emitter_case(name: str, description: str, source: str, calls: list[dict[str, Any]],
-                 pending_drops: int = 0) -> None:  # fmt: skip
+def emitter_case(
+    name: str, description: str, source: str, calls: list[dict[str, Any]], pending_drops: int = 0
+) -> None:
     """A frame an emitter must produce, byte for byte, from these calls in one flush."""
     events = []
     for call in calls:
@@ -610,8 +673,14 @@ def emitter_case(name: str, description: str, source: str, calls: list[dict[str,
 
 
 def _req(model: str, d: float, i: int, **kw: Any) -> dict[str, Any]:
-    return {"type": "request", "ts": TS + i / 8, "duration_ms": d, "endpoint": "/v1/chat",
-            "model": model, **kw}  # fmt: skip
+    return {
+        "type": "request",
+        "ts": TS + i / 8,
+        "duration_ms": d,
+        "endpoint": "/v1/chat",
+        "model": model,
+        **kw,
+    }
 
 
 emitter_case(
@@ -631,31 +700,93 @@ emitter_case(
     "One call of every emitter method, with most of their arguments.",
     "svc",
     [
-        {"type": "request", "ts": TS, "duration_ms": 250.0, "endpoint": "/v1/chat/completions",
-         "model": "gpt-4o", "status": 200, "input_tokens": 10, "output_tokens": 5,
-         "cached_tokens": 2, "cache_write_tokens": 1, "reasoning_tokens": 3, "streaming": True,
-         "ttft_ms": 50.5, "queue_ms": 1.5, "finish_reason": "stop", "provider": "openai",
-         "batch": False, "cost_usd": 0.0025, "key_id": "k_abcdefabcdef", "user_id": "u1",
-         "request_id": "r1"},
-        {"type": "error", "ts": TS + 0.5, "error_type": "timeout", "status": 504,
-         "error_message": "upstream timed out", "provider": "openai", "model": "gpt-4o"},
-        {"type": "stream.start", "ts": TS + 1, "stream_id": "s-9", "prompt_tokens": 12,
-         "temperature": 0.5, "max_tokens": 100, "client_id": "c", "provider": "openai",
-         "model": "gpt-4o"},
-        {"type": "stream.token", "ts": TS + 1.25, "stream_id": "s-9", "n": 2, "bytes": 9,
-         "text": "Hi there"},
+        {
+            "type": "request",
+            "ts": TS,
+            "duration_ms": 250.0,
+            "endpoint": "/v1/chat/completions",
+            "model": "gpt-4o",
+            "status": 200,
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cached_tokens": 2,
+            "cache_write_tokens": 1,
+            "reasoning_tokens": 3,
+            "streaming": True,
+            "ttft_ms": 50.5,
+            "queue_ms": 1.5,
+            "finish_reason": "stop",
+            "provider": "openai",
+            "batch": False,
+            "cost_usd": 0.0025,
+            "key_id": "k_abcdefabcdef",
+            "user_id": "u1",
+            "request_id": "r1",
+        },
+        {
+            "type": "error",
+            "ts": TS + 0.5,
+            "error_type": "timeout",
+            "status": 504,
+            "error_message": "upstream timed out",
+            "provider": "openai",
+            "model": "gpt-4o",
+        },
+        {
+            "type": "stream.start",
+            "ts": TS + 1,
+            "stream_id": "s-9",
+            "prompt_tokens": 12,
+            "temperature": 0.5,
+            "max_tokens": 100,
+            "client_id": "c",
+            "provider": "openai",
+            "model": "gpt-4o",
+        },
+        {
+            "type": "stream.token",
+            "ts": TS + 1.25,
+            "stream_id": "s-9",
+            "n": 2,
+            "bytes": 9,
+            "text": "Hi there",
+        },
         {"type": "stream.backpressure", "ts": TS + 1.375, "stream_id": "s-9", "buffer_size": 3},
-        {"type": "stream.end", "ts": TS + 1.5, "stream_id": "s-9", "status": "cancelled",
-         "finish_reason": "length"},
-        {"type": "cache", "ts": TS + 2, "hit": True, "total_tokens": 100, "matched_tokens": 80,
-         "model": "gpt-4o"},
+        {
+            "type": "stream.end",
+            "ts": TS + 1.5,
+            "stream_id": "s-9",
+            "status": "cancelled",
+            "finish_reason": "length",
+        },
+        {
+            "type": "cache",
+            "ts": TS + 2,
+            "hit": True,
+            "total_tokens": 100,
+            "matched_tokens": 80,
+            "model": "gpt-4o",
+        },
         {"type": "queue", "ts": TS + 2.5, "depth": 4, "queue": "gpu", "capacity": 16},
-        {"type": "usage", "ts": TS + 3, "prompt_tokens": 3, "completion_tokens": 0,
-         "images": {"size": "512x512", "quality": "standard", "n": 1}, "batch": True,
-         "cost_usd": 0.02, "model": "dall-e-2"},
-        {"type": "metric", "ts": TS + 3.5, "name": "llm_circuit_breaker_open", "kind": "gauge",
-         "value": 1.0, "labels": {"provider": "openai"}},
-    ],  # fmt: skip
+        {
+            "type": "usage",
+            "ts": TS + 3,
+            "prompt_tokens": 3,
+            "completion_tokens": 0,
+            "images": {"size": "512x512", "quality": "standard", "n": 1},
+            "batch": True,
+            "cost_usd": 0.02,
+            "model": "dall-e-2",
+        },
+        {
+            "type": "metric",
+            "ts": TS + 3.5,
+            "name": "llm_circuit_breaker_open",
+            "kind": "gauge",
+            "value": 1.0,
+            "labels": {"provider": "openai"},
+        },
+    ],
 )
 emitter_case(
     "emitter_optional_split",
@@ -682,9 +813,14 @@ emitter_case(
         {"type": "stream.token", "ts": TS + 0.25, "stream_id": "a", "n": 2},
         {"type": "stream.token", "ts": TS + 0.3125, "stream_id": "b"},
         {"type": "stream.end", "ts": TS + 0.375, "stream_id": "a"},
-        {"type": "stream.end", "ts": TS + 0.4375, "stream_id": "b", "status": "failed",
-         "error_type": "reset"},
-    ],  # fmt: skip
+        {
+            "type": "stream.end",
+            "ts": TS + 0.4375,
+            "stream_id": "b",
+            "status": "failed",
+            "error_type": "reset",
+        },
+    ],
 )
 emitter_case(
     "emitter_metric_labels",
@@ -692,14 +828,32 @@ emitter_case(
     "order.",
     "default",
     [
-        {"type": "metric", "ts": TS, "name": "hits", "kind": "counter", "value": 1.0,
-         "labels": {"a": "1", "b": "2"}},
-        {"type": "metric", "ts": TS + 1, "name": "hits", "kind": "counter", "value": 2.0,
-         "labels": {"a": "2", "b": "2"}},
-        {"type": "metric", "ts": TS + 2, "name": "hits", "kind": "counter", "value": 3.0,
-         "labels": {"a": "1", "b": "2"}},
+        {
+            "type": "metric",
+            "ts": TS,
+            "name": "hits",
+            "kind": "counter",
+            "value": 1.0,
+            "labels": {"a": "1", "b": "2"},
+        },
+        {
+            "type": "metric",
+            "ts": TS + 1,
+            "name": "hits",
+            "kind": "counter",
+            "value": 2.0,
+            "labels": {"a": "2", "b": "2"},
+        },
+        {
+            "type": "metric",
+            "ts": TS + 2,
+            "name": "hits",
+            "kind": "counter",
+            "value": 3.0,
+            "labels": {"a": "1", "b": "2"},
+        },
         {"type": "metric", "ts": TS + 3, "name": "temp", "kind": "gauge", "value": 21.5},
-    ],  # fmt: skip
+    ],
 )
 emitter_case(
     "emitter_drop_report",
@@ -814,8 +968,11 @@ def main(argv: list[str] | None = None) -> int:
     for c in CASES:
         files[f"{c['name']}.json"] = render(build(c))
     stale = [p.name for p in vectorlib.vector_paths() if p.name not in files]
-    changed = [n for n, text in files.items() if not (HERE / n).exists()
-               or (HERE / n).read_text(encoding="utf-8") != text]  # fmt: skip
+    changed = [
+        n
+        for n, text in files.items()
+        if not (HERE / n).exists() or (HERE / n).read_text(encoding="utf-8") != text
+    ]
     if args.check:
         for n in changed + stale:
             print(f"out of date: {n}")

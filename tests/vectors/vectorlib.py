@@ -52,7 +52,7 @@ def defaults() -> dict[str, dict[str, Any]]:
 
 
 def frame_bytes(vector: dict[str, Any]) -> bytes:
-    """The frame: ``hex``, or the concatenation of ``hex_parts`` (each repeated ``repeat`` times)."""
+    """The frame: ``hex``, or the concatenation of ``hex_parts`` (each ``repeat`` times)."""
     if "hex" in vector:
         return bytes.fromhex(vector["hex"])
     return b"".join(
@@ -110,18 +110,13 @@ def expand(obj: Any) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def normalise(event: dict[str, Any], known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """An event with every default of ``defaults.json`` filled in and ``ts`` defaulted to NOW.
-
-    With ``known`` (``{type: {field: …}}``) fields outside the type's schema are dropped.
-    """
+def normalise(event: dict[str, Any]) -> dict[str, Any]:
+    """An event with every default of ``defaults.json`` filled in and ``ts`` defaulted to NOW."""
     table = defaults()
     t = event["type"]
     out: dict[str, Any] = {"type": t, "ts": NOW, **table["*"], **table.get(t, {})}
     for k, v in event.items():
         if k == "v" or v is None:
-            continue
-        if known is not None and k != "type" and k not in known[t]:
             continue
         out[k] = v
     return out

@@ -35,7 +35,117 @@ Design (after datadogpy's dogstatsd client; the wire format is SPEC §1 of metri
   empty buffer and, lazily, its own thread, context and socket (it never uses the parent's).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from metricsd_client._emitter import DEFAULT_ENDPOINT, Emitter
 
-__all__ = ["DEFAULT_ENDPOINT", "Emitter"]
+if TYPE_CHECKING:
+    from metricsd_client.backend import DaemonBackend
+    from metricsd_client.collector import MetricsCollector, default_collector
+    from metricsd_client.config import MetricsConfig, MetricsFilter
+    from metricsd_client.http import MetricsdError, MetricsdHTTPError, MetricsdUnavailable
+    from metricsd_client.instrument.openai import instrument_openai, uninstrument_openai
+    from metricsd_client.records import AgentMetrics, RequestMetrics
+    from metricsd_client.sinks import (
+        DaemonSink,
+        InMemoryMetricsSink,
+        MetricsSink,
+        MetricsSummary,
+        OTelMetricsSink,
+    )
+    from metricsd_client.trackers import (
+        BudgetLimitType,
+        BudgetPeriod,
+        BudgetStatus,
+        CostOptimizationSuggestion,
+        CostTracker,
+        ErrorMetricsTracker,
+        ErrorPattern,
+        SLOStatus,
+        StreamingAggregateMetrics,
+        StreamingMetrics,
+        StreamingMetricsTracker,
+    )
+
 __version__ = "0.1.0"
+
+#: Public names loaded on first use, so ``from metricsd_client import Emitter`` stays light.
+_LAZY = {
+    "DaemonBackend": "metricsd_client.backend",
+    "MetricsCollector": "metricsd_client.collector",
+    "default_collector": "metricsd_client.collector",
+    "MetricsConfig": "metricsd_client.config",
+    "MetricsFilter": "metricsd_client.config",
+    "MetricsdError": "metricsd_client.http",
+    "MetricsdHTTPError": "metricsd_client.http",
+    "MetricsdUnavailable": "metricsd_client.http",
+    "instrument_openai": "metricsd_client.instrument.openai",
+    "uninstrument_openai": "metricsd_client.instrument.openai",
+    "AgentMetrics": "metricsd_client.records",
+    "RequestMetrics": "metricsd_client.records",
+    "DaemonSink": "metricsd_client.sinks",
+    "InMemoryMetricsSink": "metricsd_client.sinks",
+    "MetricsSink": "metricsd_client.sinks",
+    "MetricsSummary": "metricsd_client.sinks",
+    "OTelMetricsSink": "metricsd_client.sinks",
+    "BudgetLimitType": "metricsd_client.trackers",
+    "BudgetPeriod": "metricsd_client.trackers",
+    "BudgetStatus": "metricsd_client.trackers",
+    "CostOptimizationSuggestion": "metricsd_client.trackers",
+    "CostTracker": "metricsd_client.trackers",
+    "ErrorMetricsTracker": "metricsd_client.trackers",
+    "ErrorPattern": "metricsd_client.trackers",
+    "SLOStatus": "metricsd_client.trackers",
+    "StreamingAggregateMetrics": "metricsd_client.trackers",
+    "StreamingMetrics": "metricsd_client.trackers",
+    "StreamingMetricsTracker": "metricsd_client.trackers",
+}
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "AgentMetrics",
+    "BudgetLimitType",
+    "BudgetPeriod",
+    "BudgetStatus",
+    "CostOptimizationSuggestion",
+    "CostTracker",
+    "DaemonBackend",
+    "DaemonSink",
+    "Emitter",
+    "ErrorMetricsTracker",
+    "ErrorPattern",
+    "InMemoryMetricsSink",
+    "MetricsCollector",
+    "MetricsConfig",
+    "MetricsFilter",
+    "MetricsSink",
+    "MetricsSummary",
+    "MetricsdError",
+    "MetricsdHTTPError",
+    "MetricsdUnavailable",
+    "OTelMetricsSink",
+    "RequestMetrics",
+    "SLOStatus",
+    "StreamingAggregateMetrics",
+    "StreamingMetrics",
+    "StreamingMetricsTracker",
+    "default_collector",
+    "instrument_openai",
+    "uninstrument_openai",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metricsd_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -85,7 +85,7 @@ def test_key_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     junk.write_text("not a key")
     with pytest.raises(ConfigError, match=r"holds no Z85 secret key \(40 characters\)$"):
         load_curve_secret(str(junk))
-    with pytest.raises(ConfigError, match="^ingest.curve_secret_key_file: no such file: "):
+    with pytest.raises(ConfigError, match=r"^ingest\.curve_secret_key_file: no such file: "):
         load_curve_secret(str(tmp_path / "missing.key"))
 
 
@@ -104,13 +104,14 @@ def test_keygen_command(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert result.output == f'public_key = "{load_curve_secret(str(out))[0].decode()}"\n'
     result = CliRunner().invoke(main, ["keygen", "--out", str(out)])
-    assert result.exit_code == 2 and result.output == f"metricsd: {out} exists; not overwriting a key\n"
+    assert result.exit_code == 2
+    assert result.output == f"metricsd: {out} exists; not overwriting a key\n"
 
 
 def test_security_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="^http.tls_cert, http.tls_key: set both"):
+    with pytest.raises(ConfigError, match=r"^http\.tls_cert, http\.tls_key: set both"):
         load_config(environ={}, overrides={"http": {"tls_cert": "/x.pem"}})
-    with pytest.raises(ConfigError, match="^ingest.curve_client_keys: needs ingest.curve_secret"):
+    with pytest.raises(ConfigError, match=r"^ingest\.curve_client_keys: needs ingest"):
         load_config(environ={}, overrides={"ingest": {"curve_client_keys": ["a" * 40]}})
     bad = {"ingest": {"curve_secret_key_file": "/k", "curve_client_keys": ["a" * 40, "short"]}}
     with pytest.raises(ConfigError, match=r"^ingest.curve_client_keys\[1\]: not a Z85 public key"):

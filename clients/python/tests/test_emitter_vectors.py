@@ -49,7 +49,9 @@ def frames(rows: list[tuple[Any, ...]], source: str, pending_drops: int = 0) -> 
     assert bad == 0
     out = []
     for i, (_, parts) in enumerate(_wire.assemble(packed)):
-        client = _wire.client_event(pending_drops, source, packer) if pending_drops and i == 0 else None
+        client = (
+            _wire.client_event(pending_drops, source, packer) if pending_drops and i == 0 else None
+        )
         out.append(_wire.frame(parts, client, packer))
     return out
 

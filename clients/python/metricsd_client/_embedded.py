@@ -1,0 +1,309 @@
+"""``embedded=True``: the daemon's own pure trackers, run in this process.
+
+The same engine and trackers as ``metricsd serve`` (request, streaming, error, SLO and cost),
+with no sockets and no HTTP: each event is encoded by the client's wire encoder, decoded by the
+daemon's protocol decoder and applied at once, with ``time.monotonic()`` as the engine's clock;
+each read builds a snapshot and returns the very JSON the daemon's route would serve. So a
+script or a test without a daemon gets the numbers a daemon would compute, and every read sees
+every write before it.
+
+The ``metricsd`` package is imported here, when an embedded backend is created, never when
+``metricsd_client`` is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from metricsd_client import _wire
+from metricsd_client._emitter import Emitter
+from metricsd_client.http import MetricsdHTTPError
+
+if TYPE_CHECKING:
+    from metricsd.config import Config
+
+__all__ = ["EmbeddedBackend", "require_metricsd"]
+
+_Row = tuple[Any, ...]
+_NEEDS = (
+    "embedded=True runs the metricsd daemon's trackers in this process and needs the metricsd "
+    "package, which is not installed. Install it (from a metricsd checkout: "
+    "pip install -e .), or drop embedded=True to use a running daemon (METRICSD_URL)."
+)
+
+
+def require_metricsd() -> None:
+    """Raise a clear ImportError when the daemon package is missing."""
+    try:
+        import metricsd.engine  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(_NEEDS) from exc
+
+
+class _Applier(deque[_Row]):
+    """The emitter's buffer, made to apply each appended row at once (always empty)."""
+
+    def __init__(self, apply: Callable[[_Row], None]) -> None:
+        super().__init__()
+        self._apply = apply
+
+    def append(self, row: _Row) -> None:
+        self._apply(row)
+
+
+class LocalEmitter(Emitter):
+    """An :class:`Emitter` whose events go straight into an embedded engine (no thread, no
+    socket). Same methods, same never-raise contract: an event that cannot be applied is
+    counted in :attr:`dropped`."""
+
+    def __init__(self, backend: EmbeddedBackend, source: str = "default") -> None:
+        self._backend = backend
+        super().__init__("inproc://metricsd-embedded", source=source)
+
+    def _init_process_state(self) -> None:
+        super()._init_process_state()
+        self._buf = _Applier(self._apply)
+        self._max_buffer = 0 if self._closed else 1 << 62
+        self._wake_at = -1  # never wake a flusher: there is none
+
+    def _apply(self, row: _Row) -> None:
+        self._backend.apply_row(row, self.source)
+        self._sent += 1
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def close(self, timeout: float = 5.0) -> bool:
+        self._closed = True
+        self._max_buffer = 0
+        return True
+
+
+_BACKENDS: weakref.WeakSet[EmbeddedBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_BACKENDS):
+        backend._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _wire_json(value: Any) -> Any:
+    """What the daemon's route would send: strict JSON, decoded again."""
+    from metricsd.jsonutil import dumps
+
+    return json.loads(dumps(value))
+
+
+class EmbeddedBackend:
+    """An in-process engine with the daemon's five trackers; thread-safe (one lock).
+
+    ``slo_objective`` sets the objective of the single SLO (default: the daemon's default,
+    0.999); ``pricing_file`` a price table to use instead of the built-in one; ``config`` a
+    whole :class:`metricsd.config.Config` instead of both. ``cost_only`` runs the cost tracker
+    alone (the client's local pricing).
+    """
+
+    def __init__(
+        self,
+        *,
+        slo_objective: float | None = None,
+        pricing_file: str | None = None,
+        config: Config | None = None,
+        source: str = "default",
+        cost_only: bool = False,
+    ) -> None:
+        require_metricsd()
+        import dataclasses
+
+        from metricsd.config import Config, SloConfig
+        from metricsd.engine import Engine
+        from metricsd.trackers.cost import CostTracker
+        from metricsd.trackers.errors import ErrorTracker
+        from metricsd.trackers.requests import RequestTracker
+        from metricsd.trackers.slo import SloTracker
+        from metricsd.trackers.streaming import StreamingTracker
+        from metricsd.window import Geometry
+
+        if config is None:
+            config = Config()
+            if slo_objective is not None:
+                config = dataclasses.replace(config, slo=(SloConfig(objective=slo_objective),))
+            if pricing_file:
+                cost = dataclasses.replace(config.cost, pricing_file=pricing_file)
+                config = dataclasses.replace(config, cost=cost)
+        self.config = config
+        geometry = Geometry(slot_seconds=config.engine.slot_seconds)
+        start, wall = time.monotonic(), time.time()
+        self._requests = RequestTracker(config, geometry, start)
+        self._streaming = StreamingTracker(config, geometry, start)
+        self._errors = ErrorTracker(config, geometry, start)
+        self._slo = SloTracker(config, geometry, start, wall_offset=wall - start)
+        self._cost = CostTracker(config, start, wall)
+        trackers: list[Any] = [self._requests, self._streaming, self._errors, self._slo, self._cost]
+        self.engine = Engine(config, trackers[-1:] if cost_only else trackers)
+        self.engine.ready = True
+        self._lock = threading.RLock()
+        self._packer = _wire.new_packer()
+        self.emitter: Emitter = LocalEmitter(self, source)
+        self.url = "embedded"
+        _BACKENDS.add(self)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedBackend(events={sum(self.engine.events_received.values())})"
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def apply_row(self, row: _Row, source: str) -> None:
+        """Encode one emitter row as the client would send it, decode it as the daemon does,
+        and apply it. Raises (the emitter counts a drop) when the row cannot be encoded."""
+        from metricsd.protocol import decode
+
+        with self._lock:
+            packed, bad = _wire.encode([row], source, self._packer)
+            if bad or not packed:
+                raise ValueError("event cannot be encoded")
+            frame = _wire.frame([data for _n, data in packed], None, self._packer)
+            now, wall = time.monotonic(), time.time()
+            self.engine.apply(decode(frame, now, self.engine.limits), now, wall)
+
+    def charge(
+        self,
+        key_id: str | None,
+        fields: dict[str, Any],
+        user_id: str | None,
+        request_id: str | None,
+    ) -> float:
+        """Apply one ``usage`` event and return what the cost tracker charged for it (USD)."""
+        from metricsd.pricing import usd
+
+        with self._lock:
+            before = self._cost.all.total
+            self.emitter.usage(key_id=key_id, user_id=user_id, request_id=request_id, **fields)
+            return usd(self._cost.all.total - before)
+
+    def sync(self, timeout: float | None = None) -> bool:
+        return True  # every write is applied before the call that made it returns
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.emitter.close()
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def _now(self) -> tuple[float, float]:
+        """Tick: build a snapshot (expiry, idle streams…) and return its clock."""
+        now, wall = time.monotonic(), time.time()
+        self.engine.snapshot(now, wall)
+        return now, wall
+
+    def streaming(self, model: str | None = None) -> dict[str, Any]:
+        from metricsd.trackers.streaming_export import streaming_view
+
+        with self._lock:
+            now, _ = self._now()
+            return dict(_wire_json(streaming_view(self._streaming, now, model)))
+
+    def errors(self) -> dict[str, Any]:
+        from metricsd.trackers.errors_export import errors_view
+
+        with self._lock:
+            now, _ = self._now()
+            return dict(_wire_json(errors_view(self._errors, now)))
+
+    def slo(self) -> dict[str, Any]:
+        from metricsd.trackers.slo_export import slo_view
+
+        with self._lock:
+            now, _ = self._now()
+            return dict(_wire_json(slo_view(self._slo, now)))
+
+    def error_patterns(
+        self, min_count: int, recent_only: bool, limit: int | None
+    ) -> list[dict[str, Any]]:
+        from metricsd.trackers.errors_export import patterns_view
+
+        with self._lock:
+            now, _ = self._now()
+            return list(_wire_json(patterns_view(self._errors, now, min_count, recent_only, limit)))
+
+    def costs(self) -> dict[str, Any]:
+        from metricsd.trackers.cost_export import summary_view
+
+        with self._lock:
+            now, wall = self._now()
+            return dict(_wire_json(summary_view(self._cost, now, wall)))
+
+    def key_costs(self, key_id: str) -> dict[str, Any] | None:
+        from metricsd.trackers.cost_export import key_view
+
+        with self._lock:
+            now, wall = self._now()
+            view = key_view(self._cost, key_id, now, wall)
+            return None if view is None else dict(_wire_json(view))
+
+    def budgets(self) -> dict[str, Any]:
+        from metricsd.trackers.cost_export import budgets_view
+
+        with self._lock:
+            _now, wall = self._now()
+            return dict(_wire_json(budgets_view(self._cost, wall)))
+
+    def budget(self, key_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._cost.budget_status(key_id, time.time())
+            return None if found is None else dict(_wire_json(found))
+
+    def put_budget(self, key_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        from metricsd.budgets import BudgetError
+
+        with self._lock:
+            try:
+                return dict(_wire_json(self._cost.put_budget(key_id, body, time.time())))
+            except BudgetError as exc:
+                raise MetricsdHTTPError(400, str(exc), "/metrics/budgets/{key}") from None
+
+    def delete_budget(self, key_id: str) -> bool:
+        with self._lock:
+            return self._cost.delete_budget(key_id)
+
+    def suggestions(self, key_id: str | None) -> list[dict[str, Any]]:
+        """Evaluated now (the daemon evaluates on a timer, ``cost.suggestion_interval``)."""
+        from metricsd.trackers.cost_export import suggestions_view
+        from metricsd.trackers.cost_suggest import refresh
+
+        with self._lock:
+            now, _ = self._now()
+            keys = sorted(self._cost.keys) if key_id is None else [key_id]
+            refresh(self._cost, keys, now)
+            return list(_wire_json(suggestions_view(self._cost, key_id)))
+
+    def summary(self, window_seconds: float) -> dict[str, Any]:
+        from metricsd.trackers.requests_export import summary_view
+
+        with self._lock:
+            now, _ = self._now()
+            return dict(_wire_json(summary_view(self._requests, now, window_seconds)))
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        from metricsd.trackers.requests_export import recent_view
+
+        with self._lock:
+            return list(_wire_json(recent_view(self._requests, limit)))
+
+    def prometheus(self) -> str:
+        with self._lock:
+            now, wall = time.monotonic(), time.time()
+            return self.engine.snapshot(now, wall).text.decode("utf-8")

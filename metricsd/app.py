@@ -30,6 +30,7 @@ from metricsd.persist import Clock
 from metricsd.security import IngestCurve, check_ingest_exposure, is_local_endpoint, tls_context
 from metricsd.systemd import Notifier, watchdog, watchdog_interval
 from metricsd.trackers.cost import CostTracker
+from metricsd.trackers.custom import CustomTracker
 from metricsd.trackers.errors import ErrorTracker
 from metricsd.trackers.requests import RequestTracker
 from metricsd.trackers.slo import SloTracker
@@ -78,8 +79,13 @@ class Daemon:
         self.errors = ErrorTracker(config, self.geometry, start)
         self.slo = SloTracker(config, self.geometry, start, wall_offset=time.time() - start)
         self.cost = CostTracker(config, start, time.time())
+        self.custom = CustomTracker(config)
         self.engine = Engine(
-            config, [self.requests, self.streaming, self.errors, self.slo, self.cost]
+            config, [self.requests, self.streaming, self.errors, self.slo, self.cost, self.custom]
+        )
+        # A custom metric may not take the name of a built-in family.
+        self.custom.reserved = frozenset(
+            f.name for f in self.engine.families(start) if f.name != "metricsd_custom_refused"
         )
         self.webhook: WebhookSender | None = None
         if config.cost.webhook_url:

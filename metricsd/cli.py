@@ -237,3 +237,46 @@ def tail(
     if model:
         filters["model"] = model
     sys.exit(run_tail(url, token, filters, once, as_json))
+
+
+@main.command()
+@click.option("--target", help="HTTP URL of a running daemon (default: start one for the run).")
+@click.option("--target-ingest", help="Ingest endpoint of the --target daemon.")
+@click.option("--token", envvar="METRICSD_TOKEN", help="Bearer token of the --target daemon.")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    type=click.Choice(["columnar", "typed", "array64", "single", "tokens"]),
+    help="Frame shapes to run (repeatable; default: all).",
+)
+@click.option(
+    "--scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Multiply the number of frames (0.1 for a quick run).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(
+    target: str | None,
+    target_ingest: str | None,
+    token: str | None,
+    shapes: tuple[str, ...],
+    scale: float,
+    as_json: bool,
+) -> None:
+    """Events/s per frame shape through the daemon, beside the transport ceiling."""
+    from metricsd.bench import SHAPES, format_table, run_bench
+
+    if (target is None) != (target_ingest is None):
+        _fail("--target and --target-ingest go together")
+    chosen = list(shapes) or list(SHAPES)
+    rows = run_bench(
+        chosen,
+        scale=scale,
+        target=(target.rstrip("/"), target_ingest) if target and target_ingest else None,
+        token=token,
+        progress=lambda m: click.echo(m, err=True),
+    )
+    click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))

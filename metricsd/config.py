@@ -159,6 +159,10 @@ class PrometheusConfig:
     token_buckets: tuple[float, ...] = TOKEN_BUCKETS
     cost_buckets: tuple[float, ...] = COST_BUCKETS
     tps_buckets: tuple[float, ...] = TPS_BUCKETS
+    #: Buckets of histograms sent as ``metric`` events (Prometheus' default buckets).
+    custom_buckets: tuple[float, ...] = (
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -401,6 +405,7 @@ def _check(config: Config) -> None:
         "prometheus.ttft_buckets": config.prometheus.ttft_buckets,
         "prometheus.itl_buckets": config.prometheus.itl_buckets,
         "prometheus.token_buckets": config.prometheus.token_buckets,
+        "prometheus.custom_buckets": config.prometheus.custom_buckets,
         "prometheus.cost_buckets": config.prometheus.cost_buckets,
         "prometheus.tps_buckets": config.prometheus.tps_buckets,
     }.items():

@@ -69,22 +69,27 @@ class Ingest:
         engine = self.engine
         wall = time.time()
         decoder = Decoder(wall, engine.limits)
+        add = decoder.add
         sock = self._sync
         handled = 0
-        parts = first
-        while True:
-            if parts is not None:
-                handled += 1
-                if len(parts) == 1:
-                    decoder.add(parts[0])
-                else:
-                    engine.reject_frame("shape")
-            if handled >= limit:
-                break
+        if first is not None:
+            handled = 1
+            if len(first) == 1:
+                add(first[0])
+            else:
+                engine.reject_frame("shape")
+        while handled < limit:
             try:
-                parts = sock.recv_multipart(flags=zmq.NOBLOCK)
+                data = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            handled += 1
+            if sock.rcvmore:  # a multipart message is one invalid frame: take all its parts
+                while sock.rcvmore:
+                    sock.recv()
+                engine.reject_frame("shape")
+            else:
+                add(data)
         if decoder.frames:
             engine.apply(decoder.finish(), self.clock(), wall, frames=decoder.frames)
         return handled

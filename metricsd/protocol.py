@@ -186,14 +186,32 @@ class Decoder:
             result.rejected["too_large"] += 1
             return
         try:
-            obj = msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+            obj = msgpack.unpackb(
+                frame, raw=False, strict_map_key=False, use_list=True, ext_hook=_typed_column
+            )
         except Exception:  # any malformed input: the msgpack library's errors are not one type
             result.rejected["decode"] += 1
+            return
+        if type(obj) is dict and "cols" not in obj and "const" not in obj:
+            self._one_event(obj)  # the commonest small frame, without the general walk
             return
         try:
             _decode_frame(obj, self.now, self.limits, result, self._plain)
         except _Reject as exc:  # raised before anything of this frame was kept
             result.rejected[exc.reason] += exc.count
+
+    def _one_event(self, event: dict[Any, Any]) -> None:
+        type_name = event.get("type")
+        if not _is_version(event.get("v", PROTOCOL_VERSION)):
+            self.result.rejected["version"] += 1
+        elif type(type_name) is str and type_name in EVENT_TYPES:
+            bucket = self._plain.get(type_name)
+            if bucket is None:
+                self._plain[type_name] = [event]
+            else:
+                bucket.append(event)
+        else:
+            self.result.rejected["shape" if type_name is None else "unknown_type"] += 1
 
     def finish(self) -> DecodeResult:
         """Validate the pooled events; the result holds every frame's batches and rejects."""
@@ -201,6 +219,28 @@ class Decoder:
             _plain(type_name, events, self.now, self.limits, self.result)
         self._plain = {}
         return self.result
+
+
+#: Typed columns (msgpack ext types): a column may be sent as the raw little-endian bytes of a
+#: numeric array instead of a msgpack array, which decodes without one Python object per value.
+TYPED_COLUMNS: Final[dict[int, np.dtype[Any]]] = {
+    1: np.dtype("<f8"),
+    2: np.dtype("<i8"),
+    3: np.dtype("<i4"),
+    4: np.dtype("u1"),
+}
+
+
+def _typed_column(code: int, data: bytes) -> Any:
+    dtype = TYPED_COLUMNS.get(code)
+    if dtype is None or len(data) % dtype.itemsize:
+        return msgpack.ExtType(code, data)  # not a column this version knows: a bad value
+    return np.frombuffer(data, dtype=dtype)
+
+
+def _is_version(v: Any) -> bool:
+    """Only the integer 1 (not ``true`` or ``1.0``) is protocol version 1."""
+    return type(v) is int and v == PROTOCOL_VERSION
 
 
 def _count_events(obj: Any) -> int:
@@ -215,7 +255,7 @@ def _count_events(obj: Any) -> int:
 def _batch_len(obj: dict[Any, Any]) -> int:
     cols = obj.get("cols")
     if isinstance(cols, dict):
-        lengths = [len(v) for v in cols.values() if isinstance(v, list)]
+        lengths = [len(v) for v in cols.values() if isinstance(v, (list, np.ndarray))]
         if lengths:
             return max(lengths)
     return 1
@@ -229,7 +269,7 @@ def _decode_frame(
     plain: dict[str, list[dict[Any, Any]]],
 ) -> None:
     if type(obj) is dict:
-        if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        if not _is_version(obj.get("v", PROTOCOL_VERSION)):
             raise _Reject("version", _count_events(obj))
         elements: list[Any] = [obj]
     elif type(obj) is list:
@@ -251,7 +291,7 @@ def _decode_frame(
         else:
             total += 1
             type_name = element.get("type")
-            if element.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+            if not _is_version(element.get("v", PROTOCOL_VERSION)):
                 version += 1
             elif type(type_name) is str and type_name in EVENT_TYPES:
                 staged.append((type_name, element))
@@ -275,7 +315,7 @@ def _decode_frame(
         else:
             bucket.append(element)
     for element in columnar:
-        if element.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        if not _is_version(element.get("v", PROTOCOL_VERSION)):
             rejected["version"] += _count_events(element)
             continue
         try:
@@ -298,11 +338,11 @@ def _columnar(obj: dict[Any, Any], now: float, limits: Limits, result: DecodeRes
     elif n == 0:
         return  # empty columns: no events, nothing to count
     for name, col in cols.items():
-        if not isinstance(col, list) or len(col) != n:
+        if not isinstance(col, (list, np.ndarray)) or len(col) != n:
             raise _Reject("shape", n)
         if name in ("type", "v"):
             raise _Reject("shape", n)
-    if "v" in const and const["v"] != PROTOCOL_VERSION:
+    if "v" in const and not _is_version(const["v"]):
         raise _Reject("version", n)
     merged_const = {k: v for k, v in obj.items() if k not in ("type", "cols", "const", "v")}
     merged_const.update(const)
@@ -462,8 +502,8 @@ def _check_scalar(
                 if value != int(value) or abs(value) > _INT64_MAX:
                     return (None, False)
                 value = int(value)
-        elif abs(value) > _INT64_MAX and kind in ("count", "int"):
-            return (None, False)  # a float field takes any integer, as its columns do
+        elif not -_INT64_MAX - 1 <= value <= _INT64_MAX and kind in ("count", "int"):
+            return (None, False)  # int64 range, as in columns; a float field takes any integer
         if kind in ("nnfloat", "count") and value < 0:
             return (None, False)
         return (float(value) if kind in ("float", "nnfloat") else int(value), True)
@@ -542,12 +582,21 @@ def _check_column(
         if fast is not None:
             return fast
     elif kind == "bool":
+        if isinstance(col, np.ndarray):
+            if col.dtype == np.uint8:
+                return col.astype(bool), (col > 1) if (col > 1).any() else None
+            return col, np.ones(len(col), dtype=bool)  # numbers are not booleans
         if set(map(type, col)) == {bool}:
             return np.array(col, dtype=bool), None
-    elif kind in ("str", "longstr", "text"):
+    elif isinstance(col, np.ndarray):
+        return [None] * len(col), np.ones(len(col), dtype=bool)  # a typed column is not text
+    elif (
         # Type and length checks in C (map), not a Python loop per value.
-        if set(map(type, col)) == {str} and max(map(len, col)) <= _string_limit(kind, limits):
-            return col, None
+        kind in ("str", "longstr", "text")
+        and set(map(type, col)) == {str}
+        and max(map(len, col)) <= _string_limit(kind, limits)
+    ):
+        return col, None
     # Slow path: value by value, so each bad row is found and the good ones kept.
     values: list[Any] = []
     bad_rows = np.zeros(len(col), dtype=bool)
@@ -574,7 +623,7 @@ def _check_column(
 def _numeric_fast(fdef: Field, col: list[Any]) -> tuple[Any, np.ndarray[Any, Any] | None] | None:
     """Numeric column without a per-value Python loop; None when the slow path must decide."""
     try:
-        arr = np.array(col)
+        arr = col if isinstance(col, np.ndarray) else np.array(col)
     except (ValueError, OverflowError, TypeError):
         return None
     if arr.dtype.kind not in "iuf" or arr.ndim != 1:
@@ -585,8 +634,9 @@ def _numeric_fast(fdef: Field, col: list[Any]) -> tuple[Any, np.ndarray[Any, Any
             bad = ~(np.abs(arr) <= _MAX_FLOAT)  # NaN, infinities and absurd magnitudes
         if kind in ("count", "int"):
             with np.errstate(invalid="ignore"):
+                if np.any(np.abs(arr) >= 2.0**53):
+                    return None  # integers beyond float precision: exact, value by value
                 bad |= arr != np.floor(arr)
-                bad |= np.abs(arr) > 9.2e18
             arr = np.where(bad, 0, arr).astype(np.int64)
     elif arr.dtype.kind == "u":
         if arr.max(initial=0) > _INT64_MAX:
@@ -602,17 +652,37 @@ def _numeric_fast(fdef: Field, col: list[Any]) -> tuple[Any, np.ndarray[Any, Any
 
 
 def merge_batches(batches: list[Batch]) -> list[Batch]:
-    """Join batches of the same type into one each (first-seen order of types kept).
+    """Join batches of the same type and labels into one each (first-seen order kept).
 
     Trackers pay a fixed cost per batch (tens of numpy calls); ingest merges what one wake-up
-    decoded so that cost is paid once per type, not once per frame. A field constant across
+    decoded so that cost is paid once per series, not once per frame. A field constant across
     every batch stays constant; otherwise it becomes a column (numbers as arrays, strings and
     objects as lists), so rows keep their values and their order.
     """
-    by_type: dict[str, list[Batch]] = {}
+    groups: dict[tuple[Any, ...], list[Batch]] = {}
     for batch in batches:
-        by_type.setdefault(batch.type, []).append(batch)
-    return [group[0] if len(group) == 1 else _merge(group) for group in by_type.values()]
+        groups.setdefault(_merge_key(batch), []).append(batch)
+    return [group[0] if len(group) == 1 else _merge(group) for group in groups.values()]
+
+
+#: Fields trackers group rows by: batches merge only when these agree (as constants), so the
+#: merged batch keeps them constant and the trackers keep their one-series-per-batch path.
+LABEL_FIELDS: Final = ("endpoint", "model", "provider", "key_id", "source", "queue", "name")
+
+
+def _merge_key(batch: Batch) -> tuple[Any, ...]:
+    const = batch.const
+    key: list[Any] = [batch.type]
+    for name in LABEL_FIELDS:
+        if name in batch.cols:
+            key.append(_COLUMN)
+        else:
+            value = const.get(name)
+            key.append(value if isinstance(value, (str, int, float, type(None))) else _COLUMN)
+    return tuple(key)
+
+
+_COLUMN: Final = ("column",)
 
 
 def _merge(group: list[Batch]) -> Batch:

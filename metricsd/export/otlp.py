@@ -240,10 +240,16 @@ class _Source:
         self.lock = threading.Lock()
         self.pinned: ExportSnapshot | None = None
         self.pinned_at = -math.inf
+        #: False until the instruments are registered: a collection in the meantime exports
+        #: nothing rather than wait for a loop that is busy registering (and would wait, in
+        #: turn, for the SDK lock that collection holds).
+        self.ready = False
         self.fetches = 0
         self.failures = 0
 
     def current(self) -> ExportSnapshot | None:
+        if not self.ready:
+            return None
         with self.lock:
             if self.pinned is None or time.monotonic() - self.pinned_at > self.max_age:
                 self.pinned = self._fetch()
@@ -471,6 +477,7 @@ class OtlpPush:
         self._meter = self.provider.get_meter(SCOPE, __version__, schema_url=SCHEMA_URL)
         self.source = source
         self._register(self.snapshot())  # on the loop: the instruments exist before any export
+        source.ready = True
         log.info("OTLP push to %s every %g s", self.url, self.config.interval)
 
     def _register(self, snapshot: ExportSnapshot) -> None:

@@ -242,3 +242,46 @@ def test_json_views_over_http(daemon: Daemon) -> None:
 
     decoded = HdrHistogram.decode(entry["histogram"].encode())
     assert decoded.get_total_count() == 3
+
+
+def test_custom_metrics_from_metric_events(daemon: Daemon) -> None:
+    daemon.send(
+        [
+            {
+                "type": "metric",
+                "name": "llm_circuit_breaker_open",
+                "kind": "gauge",
+                "value": 1,
+                "labels": {"provider": "openai"},
+            },
+            {
+                "type": "metric",
+                "name": "llm_circuit_breaker_open",
+                "kind": "gauge",
+                "value": 0,
+                "labels": {"provider": "anthropic"},
+            },
+            {"type": "metric", "name": "app_retries", "kind": "counter", "value": 2},
+            {"type": "metric", "name": "app_retries", "kind": "counter", "value": 3},
+            {"type": "metric", "name": "app_batch_seconds", "kind": "histogram", "value": 0.2},
+            {"type": "metric", "name": "app_batch_seconds", "kind": "histogram", "value": 3.0},
+            {"type": "metric", "name": "app_retries", "kind": "gauge", "value": 9},  # kind conflict
+            {
+                "type": "metric",
+                "name": "llm_requests",
+                "kind": "gauge",
+                "value": 1,
+            },  # built-in name
+        ]
+    )
+    daemon.wait_for("metricsd_events_received_total", 8, type="metric")
+    time.sleep(0.3)
+    s = daemon.samples()
+    assert s[("llm_circuit_breaker_open", (("provider", "openai"),))] == 1
+    assert s[("llm_circuit_breaker_open", (("provider", "anthropic"),))] == 0
+    assert s[("app_retries_total", ())] == 5
+    assert s[("app_batch_seconds_bucket", (("le", "0.25"),))] == 1
+    assert s[("app_batch_seconds_bucket", (("le", "5"),))] == 2
+    assert s[("app_batch_seconds_count", ())] == 2
+    assert s[("metricsd_custom_refused_total", (("reason", "kind_conflict"),))] == 1
+    assert s[("metricsd_custom_refused_total", (("reason", "reserved_name"),))] == 1

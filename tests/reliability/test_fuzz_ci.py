@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("atheris", reason="atheris is not installed (pip install -e '.[dev]')")
 
-from fuzz.long_run import RunResult, run_target  # noqa: E402
+from fuzz.long_run import RunResult, run_target
 
 SECONDS = 4
 WALL_LIMIT = 90.0

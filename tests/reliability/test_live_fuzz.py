@@ -140,7 +140,11 @@ def hostile_set() -> Expect:
         truncated=1,
     )
     e.add(
-        {"type": "request", "const": {"endpoint": "/" + "p" * 10_240}, "cols": {"duration_ms": [1.0] * 3}},
+        {
+            "type": "request",
+            "const": {"endpoint": "/" + "p" * 10_240},
+            "cols": {"duration_ms": [1.0] * 3},
+        },
         accepted={"request": 3},
         truncated=1,
     )
@@ -260,6 +264,7 @@ def test_live_fuzz(daemon_factory: Any, tmp_path: Path) -> None:
     sent = len(hostile.frames)
     wait_frames(d, sent)
     frames, rejected, accepted, truncated = counters(d)
+    assert frames == sent
     assert rejected == hostile.rejected
     assert accepted == hostile.accepted
     assert truncated == hostile.truncated
@@ -275,6 +280,7 @@ def test_live_fuzz(daemon_factory: Any, tmp_path: Path) -> None:
     sent += len(garbage)
     wait_frames(d, sent)
     frames, rejected, accepted, truncated = counters(d)
+    assert frames == sent
     assert rejected == hostile.rejected + want_rejected
     assert accepted == hostile.accepted + want_accepted
     assert truncated == hostile.truncated + want_truncated

@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from metricsd.app import Daemon
-from metricsd.config import Config, ConfigError, load_config
+from metricsd.config import ConfigError, load_config
 from metricsd.export import naming
 from metricsd.export.naming import (
     MAPPING,
@@ -242,6 +242,11 @@ async def otel_daemon() -> AsyncIterator[Daemon]:
     config = load_config(environ={}, overrides={"prometheus": {"naming": "otel"}})
     daemon = Daemon(config)
     yield daemon
+    close(daemon)
+
+
+def close(daemon: Daemon) -> None:
+    daemon.ingest.close()
     daemon.context.term()
 
 
@@ -297,9 +302,8 @@ async def test_otel_exposition_parses_and_carries_the_same_numbers(otel_daemon: 
         ("metricsd_endpoint", CHAT),
     )
     assert translated[("gen_ai_client_operation_duration_seconds_count", gpt)] == 4
-    assert (
-        translated[("gen_ai_client_operation_duration_seconds_bucket", (*gpt, ("le", "0.16")))] == 1
-    )
+    bucket = tuple(sorted((*gpt, ("le", "0.16"))))
+    assert translated[("gen_ai_client_operation_duration_seconds_bucket", bucket)] == 1
     usage = (("gen_ai_request_model", "gpt-4o"), ("gen_ai_token_type", "input"))
     assert translated[("gen_ai_client_token_usage_sum", usage)] == 60
     ttft = (("gen_ai_request_model", "gpt-4o"), ("metricsd_endpoint", CHAT))
@@ -311,7 +315,7 @@ async def test_otel_exposition_parses_and_carries_the_same_numbers(otel_daemon: 
         ("metricsd_endpoint", "unknown"),
     )
     assert translated[("metricsd_llm_requests_total", odd)] == 1
-    assert translated[("metricsd_frames_received_total", ())] == 6
+    assert translated[("metricsd_frames_received_total", ())] == 7
     sloth = (
         ("sloth_id", "metricsd-availability"),
         ("sloth_service", "metricsd"),
@@ -320,33 +324,33 @@ async def test_otel_exposition_parses_and_carries_the_same_numbers(otel_daemon: 
     assert translated[("slo:objective:ratio", sloth)] == 0.999
     assert not any(name.startswith("llm_") for name, _labels in translated)
 
-    # Every canonical sample has exactly one translated twin with the same value.
-    canonical = {}
-    for fam in engine.families(2.0, canonical=True):
-        for suffix, labels, value in fam.samples:
-            canonical[(fam.name, suffix, labels)] = value
-    twins = {}
-    for fam in engine.families(2.0):
-        for suffix, labels, value in fam.samples:
-            twins[(fam.name, suffix, labels)] = value
+    # Every canonical sample has one translated twin: same suffix, label values and value.
+    canonical = engine.families(2.0, canonical=True)
+    twins = translate_families(canonical)
     assert len(twins) == len(canonical)
-    assert sorted(map(_number, twins.values())) == sorted(map(_number, canonical.values()))
+    for fam, twin in zip(canonical, twins, strict=True):
+        assert (twin.type, twin.help, len(twin.samples)) == (fam.type, fam.help, len(fam.samples))
+        for (suffix, labels, value), (t_suffix, t_labels, t_value) in zip(
+            fam.samples, twin.samples, strict=True
+        ):
+            assert (t_suffix, _number(t_value)) == (suffix, _number(value))
+            assert [v for _k, v in parse_labels(t_labels)] == [v for _k, v in parse_labels(labels)]
+        if instrument_for(fam.name, fam.type) is None or fam.name.startswith("metricsd_"):
+            assert twin is fam
 
 
 def _number(value: float) -> float:
     return -1.0 if math.isnan(value) else float(value)
 
 
-async def test_llm_naming_is_unchanged(otel_daemon: Daemon) -> None:
-    config = otel_daemon.config
+def test_llm_naming_is_unchanged() -> None:
     plain = Daemon(load_config(environ={}))
     try:
         feed(plain)
         text = plain.engine.snapshot(2.0, WALL + 2.0).text.decode()
         assert "llm_requests_total{" in text and "gen_ai_" not in text
     finally:
-        plain.context.term()
-    assert config.prometheus.naming == "otel"
+        close(plain)
 
 
 # --- families → OTLP snapshot -----------------------------------------------------------------
@@ -435,17 +439,6 @@ def test_naming_and_otlp_settings(tmp_path: Path) -> None:
             load_config(environ={}, overrides={"otlp": bad})
 
 
-def _config_with_endpoint() -> Config:
-    return load_config(
-        environ={},
-        overrides={
-            "otlp": {"endpoint": "http://127.0.0.1:9"},
-            "http": {"listen": "127.0.0.1:0"},
-            "ingest": {"endpoints": ["tcp://127.0.0.1:0"]},
-        },
-    )
-
-
 RUN = """
 import sys
 {block}
@@ -497,4 +490,3 @@ def test_without_an_endpoint_nothing_is_imported(tmp_path: Path) -> None:
     )
     out = _serve(tmp_path, "[prometheus]\nnaming = 'otel'\n", block)
     assert "exit 0" in out and "otel imported False" in out, out
-    assert _config_with_endpoint().otlp.endpoint == "http://127.0.0.1:9"

@@ -194,7 +194,7 @@ def test_a_tampered_file_cannot_run_code(config: Config, tmp_path: Path) -> None
     payload = pickle.dumps({"engine": {"x": Boom()}})
     path = tmp_path / "state.bin"
     path.write_bytes(persist.MAGIC + len(header).to_bytes(4, "big") + header + payload)
-    with pytest.raises(persist.StateError, match="builtins.print"):
+    with pytest.raises(persist.StateError, match=r"builtins\.print"):
         persist.load(path, config, Geometry())
 
 

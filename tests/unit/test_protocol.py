@@ -344,3 +344,43 @@ def test_every_type(event: dict[str, Any]) -> None:
     (row,) = out
     for key, value in event.items():
         assert row[key] == value, key
+
+
+# --- typed columns ----------------------------------------------------------------------------
+
+
+def typed(code: int, values: list[Any], dtype: str) -> msgpack.ExtType:
+    return msgpack.ExtType(code, np.asarray(values, dtype=dtype).tobytes())
+
+
+def test_typed_columns_decode_like_arrays() -> None:
+    plain = {"type": "request", "const": {"model": "m"},
+             "cols": {"duration_ms": [1.5, 2.5, 0.0], "input_tokens": [1, 2, 3],
+                      "output_tokens": [7, 8, 9], "streaming": [True, False, True]}}
+    fast = {"type": "request", "const": {"model": "m"},
+            "cols": {"duration_ms": typed(1, [1.5, 2.5, 0.0], "<f8"),
+                     "input_tokens": typed(2, [1, 2, 3], "<i8"),
+                     "output_tokens": typed(3, [7, 8, 9], "<i4"),
+                     "streaming": typed(4, [1, 0, 1], "u1")}}
+    a, ra = rows(plain)
+    b, rb = rows(fast)
+    assert ra == rb == {}
+    assert a == b
+
+
+def test_typed_column_bad_values_rejected_per_row() -> None:
+    frame = {"type": "request",
+             "cols": {"duration_ms": typed(1, [1.0, -1.0, float("nan"), 4.0], "<f8"),
+                      "streaming": typed(4, [0, 2, 1, 1], "u1")}}
+    out, rejected = rows(frame)
+    assert rejected == {"bad_value": 2}  # row 1 (negative, and 2 is not a boolean), row 2 (NaN)
+    assert [r["duration_ms"] for r in out] == [1.0, 4.0]
+
+
+def test_typed_column_of_unknown_code_or_length_is_a_shape_error() -> None:
+    bad_length = {"type": "request", "cols": {"duration_ms": msgpack.ExtType(1, b"\x00" * 7)}}
+    assert rows(bad_length)[1] == {"shape": 1}
+    unknown = {"type": "request", "cols": {"duration_ms": msgpack.ExtType(42, b"\x00" * 8)}}
+    assert rows(unknown)[1] == {"shape": 1}
+    text = {"type": "request", "cols": {"duration_ms": [1.0], "model": typed(2, [5], "<i8")}}
+    assert rows(text)[1] == {"bad_value": 1}

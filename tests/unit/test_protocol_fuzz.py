@@ -25,6 +25,7 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=300),
     st.binary(max_size=20),
+    st.builds(msgpack.ExtType, st.integers(min_value=0, max_value=6), st.binary(max_size=40)),
 )
 values = st.recursive(
     scalars,

@@ -69,19 +69,28 @@ function loadPush(): Promise<PushClass> {
   return pushClass;
 }
 
-/** Every emitter not yet closed, for the exit hooks. */
-const live = new Set<Emitter>();
+/** Every emitter not yet closed, for the exit hooks (weak: an emitter may be collected). */
+const live = new Set<WeakRef<Emitter>>();
+const collected = new FinalizationRegistry<WeakRef<Emitter>>((ref) => live.delete(ref));
 let hooked = false;
+
+function* liveEmitters(): Generator<Emitter> {
+  for (const ref of [...live]) {
+    const em = ref.deref();
+    if (em === undefined) live.delete(ref);
+    else yield em;
+  }
+}
 
 function installHooks(): void {
   if (hooked) return;
   hooked = true;
   process.on("beforeExit", () => {
-    for (const em of live) em._beforeExit();
+    for (const em of liveEmitters()) em._beforeExit();
   });
   process.on("exit", () => {
     let recent = false;
-    for (const em of live) recent = em._exitSync() || recent;
+    for (const em of liveEmitters()) recent = em._exitSync() || recent;
     // ZeroMQ delivers from its own thread, and process.exit() does not wait for it: give
     // frames handed over just now a moment to leave (bounded, like the Python emitter's linger).
     if (recent) {
@@ -145,7 +154,9 @@ export class Emitter {
   private _warned = false;
   private _exitTried = false;
   private _lastHandoff = 0;
+  private _socketClosed = false;
   private readonly _writer = new Writer();
+  private readonly _ref: WeakRef<Emitter> = new WeakRef(this);
   private readonly _onTimer = (): void => {
     this._timer = null;
     this._schedule();
@@ -164,7 +175,8 @@ export class Emitter {
     this._sndhwm = Math.max(0, Math.floor(o.sndhwm ?? 1000));
     this._maxBuffer = Math.max(0, Math.floor(o.maxBuffer ?? 100_000));
     this._wakeAt = this._batchSize - 1;
-    live.add(this);
+    live.add(this._ref);
+    collected.register(this, this._ref, this._ref);
     installHooks();
   }
 
@@ -442,7 +454,8 @@ export class Emitter {
       if (this._closed) return true;
       this._closed = true;
       this._maxBuffer = 0;
-      live.delete(this);
+      live.delete(this._ref);
+      collected.unregister(this._ref);
       const deadline = Date.now() + Math.max(0, timeoutMs);
       const ok = await this._flush(timeoutMs);
       this._closeSocket(Math.min(MAX_CLOSE_LINGER_MS, Math.max(0, deadline - Date.now())));
@@ -574,12 +587,14 @@ export class Emitter {
   /** The PUSH socket, connected on first use; null if impossible (retried once per second). */
   private async _socket(): Promise<PushSocket | null> {
     if (this._sock !== null) return this._sock;
+    if (this._socketClosed) return null; // closed: a late cycle must not open a new one
     const t = Date.now();
     if (t < this._retryAt) return null;
     let sock: PushSocket | null = null;
     try {
       const Push = await loadPush();
       if (this._sock !== null) return this._sock;
+      if (this._socketClosed) return null;
       sock = new Push({
         sendHighWaterMark: this._sndhwm,
         sendTimeout: 0,
@@ -626,6 +641,7 @@ export class Emitter {
   private _closeSocket(lingerMs: number): void {
     const sock = this._sock;
     this._sock = null;
+    this._socketClosed = true;
     this._clearTimers();
     if (sock !== null) {
       try {
@@ -637,7 +653,7 @@ export class Emitter {
     }
   }
 
-  /** The event loop is empty: send what is left (the flush's own work keeps it alive). */
+  /** @internal The event loop is empty: send what is left (the flush's work keeps it alive). */
   _beforeExit(): void {
     try {
       if (this._buf.length > 0) {
@@ -652,7 +668,7 @@ export class Emitter {
   }
 
   /**
-   * process.exit(): hand what is buffered to the socket synchronously (best effort). Returns
+   * @internal process.exit(): hand what is buffered to the socket synchronously (best effort). Returns
    * true if frames were handed to ZeroMQ within the last second (they may still be queued).
    */
   _exitSync(): boolean {

@@ -13,5 +13,5 @@
 
 export { DEFAULT_ENDPOINT, Emitter } from "./emitter.js";
 export { now } from "./clock.js";
-export { instrumentOpenAI, type InstrumentOpenAIOptions } from "./openai.js";
+export { instrumentOpenAI, uninstrumentOpenAI, type InstrumentOpenAIOptions } from "./openai.js";
 export type * from "./types.js";

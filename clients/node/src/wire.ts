@@ -352,18 +352,22 @@ export function encode(
   const packed: [number, Buffer][] = [];
   let dropped = 0;
   if (rows.length === 0) return { packed, dropped };
-  const byCode = new Map<unknown, Row[]>();
-  for (const r of rows) {
-    const g = byCode.get(r[0]);
-    if (g === undefined) byCode.set(r[0], [r]);
-    else g.push(r);
+  // Split by type code, in order of first appearance (codes are small integers).
+  const byCode: Row[][] = [];
+  const order: number[] = [];
+  for (let j = 0; j < rows.length; j++) {
+    const r = rows[j];
+    const code = r[0] as number;
+    const g = byCode[code];
+    if (g !== undefined) g.push(r);
+    else if (SPECS[code] !== undefined) {
+      byCode[code] = [r];
+      order.push(code);
+    } else dropped++;
   }
-  for (const [code, typed] of byCode) {
-    const s = typeof code === "number" ? SPECS[code] : undefined;
-    if (s === undefined) {
-      dropped += typed.length;
-      continue;
-    }
+  for (const code of order) {
+    const typed = byCode[code];
+    const s = SPECS[code];
     for (let start = 0; start < typed.length; start += MAX_BATCH_ROWS) {
       const chunk =
         typed.length > MAX_BATCH_ROWS ? typed.slice(start, start + MAX_BATCH_ROWS) : typed;

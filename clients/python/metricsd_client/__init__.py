@@ -1,5 +1,11 @@
 """metricsd_client: emit LLM-app metrics to a metricsd daemon, never slowing the caller down.
 
+Three layers (docs/client.md): the :class:`Emitter` below; drop-in trackers with the seed
+documents' API (``StreamingMetricsTracker``, ``ErrorMetricsTracker``, ``CostTracker``), which
+write through an emitter and read the daemon's HTTP API (or run the daemon's trackers
+in-process with ``embedded=True``); and ``instrument_openai`` with a ``MetricsCollector``,
+``MetricsConfig`` and sinks. Only the emitter is imported eagerly.
+
 Usage::
 
     from metricsd_client import Emitter

@@ -1,11 +1,11 @@
 """``embedded=True``: the daemon's own pure trackers, run in this process.
 
 The same engine and trackers as ``metricsd serve`` (request, streaming, error, SLO and cost),
-with no sockets and no HTTP: each event is encoded by the client's wire encoder, decoded by the
-daemon's protocol decoder and applied at once, with ``time.monotonic()`` as the engine's clock;
-each read builds a snapshot and returns the very JSON the daemon's route would serve. So a
-script or a test without a daemon gets the numbers a daemon would compute, and every read sees
-every write before it.
+with no sockets and no HTTP: events are buffered, then encoded by the client's wire encoder,
+decoded by the daemon's protocol decoder and applied (every 1 000 events, and before any read
+or budget change), with ``time.monotonic()`` as the engine's clock; each read builds a snapshot
+and returns the very JSON the daemon's route would serve. So a script or a test without a
+daemon gets the numbers a daemon would compute, and every read sees every write before it.
 
 The ``metricsd`` package is imported here, when an embedded backend is created, never when
 ``metricsd_client`` is imported.
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddedBackend", "require_metricsd"]
 
 _Row = tuple[Any, ...]
+#: Buffered events are applied in frames of at most this many.
+BATCH = 1000
 _NEEDS = (
     "embedded=True runs the metricsd daemon's trackers in this process and needs the metricsd "
     "package, which is not installed. Install it (from a metricsd checkout: "
@@ -74,13 +76,14 @@ class LocalEmitter(Emitter):
         self._wake_at = -1  # never wake a flusher: there is none
 
     def _apply(self, row: _Row) -> None:
-        self._backend.apply_row(row, self.source)
-        self._sent += 1
+        self._backend.add_row(row, self)
 
     def flush(self, timeout: float = 5.0) -> bool:
+        self._backend.apply_pending()
         return True
 
     def close(self, timeout: float = 5.0) -> bool:
+        self._backend.apply_pending()
         self._closed = True
         self._max_buffer = 0
         return True
@@ -154,6 +157,7 @@ class EmbeddedBackend:
         self.engine = Engine(config, trackers[-1:] if cost_only else trackers)
         self.engine.ready = True
         self._lock = threading.RLock()
+        self._pending: list[tuple[_Row, LocalEmitter]] = []
         self._packer = _wire.new_packer()
         self.emitter: Emitter = LocalEmitter(self, source)
         self.url = "embedded"
@@ -164,18 +168,35 @@ class EmbeddedBackend:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def apply_row(self, row: _Row, source: str) -> None:
-        """Encode one emitter row as the client would send it, decode it as the daemon does,
-        and apply it. Raises (the emitter counts a drop) when the row cannot be encoded."""
+    def add_row(self, row: _Row, emitter: LocalEmitter) -> None:
+        """Buffer one emitter row; apply the buffer when it holds :data:`BATCH` rows."""
+        with self._lock:
+            self._pending.append((row, emitter))
+            emitter._sent += 1
+            if len(self._pending) >= BATCH:
+                self.apply_pending()
+
+    def apply_pending(self) -> None:
+        """Encode the buffered rows as the client would send them, decode them as the daemon
+        does, and apply them. Rows that cannot be encoded are counted as the emitter's drops."""
         from metricsd.protocol import decode
 
         with self._lock:
-            packed, bad = _wire.encode([row], source, self._packer)
-            if bad or not packed:
-                raise ValueError("event cannot be encoded")
-            frame = _wire.frame([data for _n, data in packed], None, self._packer)
-            now, wall = time.monotonic(), time.time()
-            self.engine.apply(decode(frame, now, self.engine.limits), now, wall)
+            pending, self._pending = self._pending, []
+            if not pending:
+                return
+            by_emitter: dict[int, tuple[LocalEmitter, list[_Row]]] = {}
+            for row, emitter in pending:
+                by_emitter.setdefault(id(emitter), (emitter, []))[1].append(row)
+            for emitter, rows in by_emitter.values():
+                packed, bad = _wire.encode(rows, emitter.source, self._packer)
+                if bad:
+                    emitter._sent -= bad
+                    emitter._fdropped += bad
+                for _n, parts in _wire.assemble(packed):
+                    frame = _wire.frame(parts, None, self._packer)
+                    now, wall = time.monotonic(), time.time()
+                    self.engine.apply(decode(frame, now, self.engine.limits), now, wall)
 
     def charge(
         self,
@@ -188,14 +209,18 @@ class EmbeddedBackend:
         from metricsd.pricing import usd
 
         with self._lock:
+            self.apply_pending()
             before = self._cost.all.total
             self.emitter.usage(key_id=key_id, user_id=user_id, request_id=request_id, **fields)
+            self.apply_pending()
             return usd(self._cost.all.total - before)
 
     def sync(self, timeout: float | None = None) -> bool:
-        return True  # every write is applied before the call that made it returns
+        self.apply_pending()  # every write so far is now in the trackers
+        return True
 
     def flush(self, timeout: float = 5.0) -> bool:
+        self.apply_pending()
         return True
 
     def close(self) -> None:
@@ -204,7 +229,8 @@ class EmbeddedBackend:
     # --- reads ------------------------------------------------------------------------------
 
     def _now(self) -> tuple[float, float]:
-        """Tick: build a snapshot (expiry, idle streams…) and return its clock."""
+        """Apply what is buffered, tick (expiry, idle streams…), and return the clock."""
+        self.apply_pending()
         now, wall = time.monotonic(), time.time()
         self.engine.snapshot(now, wall)
         return now, wall
@@ -263,6 +289,7 @@ class EmbeddedBackend:
 
     def budget(self, key_id: str) -> dict[str, Any] | None:
         with self._lock:
+            self.apply_pending()
             found = self._cost.budget_status(key_id, time.time())
             return None if found is None else dict(_wire_json(found))
 
@@ -270,6 +297,7 @@ class EmbeddedBackend:
         from metricsd.budgets import BudgetError
 
         with self._lock:
+            self.apply_pending()
             try:
                 return dict(_wire_json(self._cost.put_budget(key_id, body, time.time())))
             except BudgetError as exc:
@@ -277,6 +305,7 @@ class EmbeddedBackend:
 
     def delete_budget(self, key_id: str) -> bool:
         with self._lock:
+            self.apply_pending()
             return self._cost.delete_budget(key_id)
 
     def suggestions(self, key_id: str | None) -> list[dict[str, Any]]:
@@ -301,9 +330,11 @@ class EmbeddedBackend:
         from metricsd.trackers.requests_export import recent_view
 
         with self._lock:
+            self.apply_pending()
             return list(_wire_json(recent_view(self._requests, limit)))
 
     def prometheus(self) -> str:
         with self._lock:
+            self.apply_pending()
             now, wall = time.monotonic(), time.time()
             return self.engine.snapshot(now, wall).text.decode("utf-8")

@@ -5,20 +5,21 @@ blocking, never raising) and reads the daemon's HTTP API with a timeout. The dae
 events as they arrive and serves views built once per tick (SPEC §3, §4), so a read right after
 a write may not see it yet. :meth:`DaemonBackend.sync` closes that gap ("read your writes"):
 
-1. flush the emitter: every event recorded so far is handed to ZeroMQ;
-2. poll ``/metrics`` until the daemon has seen (accepted plus rejected, ``client`` drop reports
+1. flush the emitter: every event recorded so far is handed to ZeroMQ (and, on a local
+   connection, reaches the daemon's socket within a millisecond);
+2. poll ``/metrics`` until (a) the exposition is a newer tick's than the one current when the
+   flush ended, and (b) the daemon has seen (accepted plus rejected, ``client`` drop reports
    excepted) at least as many events as this backend's emitter has sent since the daemon
-   started — the exposition is rendered at a tick after those events were applied, so every
-   view of that tick includes them;
-3. if that already held on the first poll after a quiet spell (the daemon renders lazily when
-   nobody scraped for a minute, so that exposition may be newer than views cached earlier in
-   the same tick), wait for the next tick's exposition too.
+   started. Views are built per tick from the trackers' state, so the views of that newer
+   tick include the flushed events.
 
-Step 2 compares totals: with several processes sending to one daemon it can be satisfied before
-this process's own events are applied (a daemon-side sync marker would make it exact; see
-docs/client.md). A restart of the daemon (a new ``process_start_time_seconds``) restarts the
-count. When the condition is not met within the timeout the read goes ahead and a warning is
-logged.
+(b) makes the wait exact when this process is the daemon's only emitter, whatever the daemon's
+backlog. With other emitters their events count too, so (b) may hold early and the guarantee
+rests on (a): events that reached the daemon before a tick are applied by then unless its
+ingest is backlogged. (A daemon-side per-emitter sync marker would make it exact in every case:
+see docs/client.md.) A restart of the daemon (a new ``process_start_time_seconds``) restarts
+the count. When the conditions are not met within the timeout, the read goes ahead and a
+warning is logged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, Final, Protocol
 
 from metricsd_client._emitter import Emitter
@@ -49,9 +51,7 @@ _SELF_METRICS: Final = frozenset(
         "process_start_time_seconds",
     }
 )
-#: The daemon renders lazily after a minute without scrapes (metricsd.engine); stay under it.
-_QUIET_SECONDS: Final = 50.0
-_POLL_SECONDS: Final = 0.02
+_POLL_SECONDS: Final = 0.025
 
 
 class Backend(Protocol):
@@ -128,9 +128,14 @@ def shared_emitter(
         return emitter
 
 
+_BACKENDS: weakref.WeakSet[DaemonBackend] = weakref.WeakSet()
+
+
 def _reset_lock_after_fork() -> None:
     global _SHARED_LOCK
     _SHARED_LOCK = threading.Lock()
+    for backend in list(_BACKENDS):
+        backend._sync_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -163,7 +168,7 @@ class DaemonBackend:
         self._sync_lock = threading.Lock()
         self._daemon_start: float | None = None
         self._base_sent = 0
-        self._last_poll = -1e18
+        _BACKENDS.add(self)
 
     def __repr__(self) -> str:
         return f"DaemonBackend({self.url!r}, ingest={self.emitter.endpoint!r})"
@@ -193,26 +198,20 @@ class DaemonBackend:
         self.emitter.flush(wait)
         with self._sync_lock:
             target = self.emitter.sent
-            fresh = time.monotonic() - self._last_poll > _QUIET_SECONDS
-            first_body: str | None = None
+            first: str | None = None
+            seen = 0
             while True:
                 remaining = deadline - time.monotonic()
                 body = self.http.get_text("/metrics", timeout=max(remaining, 0.5))
-                self._last_poll = time.monotonic()
                 start, seen = self._seen(body)
                 if start != self._daemon_start:
                     if self._daemon_start is not None:
                         self._base_sent = target  # a new daemon: it counts from zero
                     self._daemon_start = start
-                if seen >= target - self._base_sent:
-                    if not fresh:
-                        return True
-                    if first_body is None:
-                        first_body = body  # maybe rendered lazily: wait for the next tick
-                    elif body != first_body:
-                        return True
-                else:
-                    fresh = False  # later expositions are rendered at their tick
+                if first is None:
+                    first = body  # the tick current when the flush ended
+                elif body != first and seen >= target - self._base_sent:
+                    return True
                 if time.monotonic() >= deadline:
                     log.warning(
                         "metricsd_client: the daemon at %s did not confirm %d events within "

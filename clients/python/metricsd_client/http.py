@@ -7,6 +7,7 @@ daemon's ``{"error": ...}`` message, except where a caller asks for a 404 to rea
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import os
@@ -110,7 +111,7 @@ class HttpReader:
         except urllib.error.HTTPError as exc:
             with exc:
                 return int(exc.code), exc.read(MAX_BODY)
-        except (TimeoutError, urllib.error.URLError, OSError) as exc:
+        except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise MetricsdUnavailable(
                 f"metricsd: cannot reach {self.url} ({reason}); is the daemon running? "
@@ -134,7 +135,7 @@ class HttpReader:
         if missing_ok and status == 404:
             return None
         self._check(status, data, path)
-        return json.loads(data)
+        return _loads(data, path)
 
     def send_json(
         self, method: str, path: str, body: Any = None, *, missing_ok: bool = False
@@ -145,12 +146,19 @@ class HttpReader:
         if missing_ok and status == 404:
             return None
         self._check(status, data, path)
-        return json.loads(data) if data else None
+        return _loads(data, path) if data else None
 
     def get_text(self, path: str, *, timeout: float | None = None) -> str:
         status, data = self.request("GET", path, timeout=timeout, accept="text/plain")
         self._check(status, data, path)
         return data.decode("utf-8", "replace")
+
+
+def _loads(data: bytes, path: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise MetricsdError(f"metricsd: {path.split('?')[0]} did not return JSON") from None
 
 
 def quote(segment: str) -> str:

@@ -349,9 +349,9 @@ class OTelMetricsSink:
     ``gen_ai.provider.name``, ``gen_ai.request.model``, ``error.type`` on failures.
 
     The meter provider: ``meter_provider`` if given; else a new SDK provider with resource
-    attributes ``service.name`` / ``service.namespace`` and the given ``readers``; else, when an
-    OTLP metric exporter package is installed, a new SDK provider exporting to it (configured by
-    the standard ``OTEL_EXPORTER_OTLP_*`` variables); else the global provider.
+    attributes ``service.name`` / ``service.namespace`` and the given ``readers``; else, when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``…_METRICS_ENDPOINT``) is set and an OTLP metric
+    exporter package is installed, such a provider exporting to it; else the global provider.
     """
 
     def __init__(
@@ -393,6 +393,12 @@ class OTelMetricsSink:
 
     @staticmethod
     def _otlp_readers() -> list[Any] | None:
+        """A periodic OTLP reader when an endpoint is configured and an exporter installed."""
+        if not (
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        ):
+            return None
         for module in (
             "opentelemetry.exporter.otlp.proto.http.metric_exporter",
             "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",

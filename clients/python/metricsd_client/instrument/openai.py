@@ -49,6 +49,7 @@ _RESOURCES: Final = (
     ("completions", "/v1/completions"),
 )
 _MAX_MESSAGE: Final = 512
+_OWN: Final = frozenset({"_stream", "_call", "_iter"})
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -298,6 +299,8 @@ class _Stream:
         self.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name in _OWN:  # not set yet (a failed __init__): never recurse
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
     def __del__(self) -> None:
@@ -357,6 +360,8 @@ class _AsyncStream:
         await self.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name in _OWN:  # not set yet (a failed __init__): never recurse
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
     def __del__(self) -> None:
@@ -388,32 +393,29 @@ def _wrap(
             call.hide_usage = True
         return call
 
-    if inspect.iscoroutinefunction(original):
-
-        @functools.wraps(original)
-        async def acreate(*args: Any, **kwargs: Any) -> Any:
-            call = start(kwargs)
-            try:
-                result = await original(*args, **kwargs)
-            except BaseException as exc:
-                call.failed(exc)
-                raise
-            if call.stream:
-                return _AsyncStream(result, call)
-            call.completed(result)
-            return result
-
-        setattr(acreate, _MARK, original)
-        return acreate
+    async def finish_async(pending: Any, call: _Call) -> Any:
+        try:
+            result = await pending
+        except BaseException as exc:
+            call.failed(exc)
+            raise
+        if call.stream:
+            return _AsyncStream(result, call)
+        call.completed(result)
+        return result
 
     @functools.wraps(original)
     def create(*args: Any, **kwargs: Any) -> Any:
+        # One wrapper for both clients: an async client's create returns an awaitable (its
+        # method is not always a coroutine function: it may be decorated), finished above.
         call = start(kwargs)
         try:
             result = original(*args, **kwargs)
         except BaseException as exc:
             call.failed(exc)
             raise
+        if inspect.isawaitable(result):
+            return finish_async(result, call)
         if call.stream:
             return _Stream(result, call)
         call.completed(result)

@@ -332,6 +332,11 @@ def session_seeds() -> dict[str, tuple[bytes, dict[str, Any]]]:
         messages(text('{"type":"subscribe","filters":{"endpoint":"\\ud800"}}')),
         ["subscribed"],
     )
+    add(
+        "subscribe-interval-huge-integer",
+        messages(text('{"type":"subscribe","filters":{"interval":' + "1" * 400 + "}}")),
+        ["subscribed"],
+    )
     add("bad-binary", messages((1, b"\x00\x01\x02binary")), ["error"])
     add(
         "limit-65-endpoints",

@@ -161,7 +161,17 @@ class PrometheusConfig:
     tps_buckets: tuple[float, ...] = TPS_BUCKETS
     #: Buckets of histograms sent as ``metric`` events (Prometheus' default buckets).
     custom_buckets: tuple[float, ...] = (
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
     )
 
 
@@ -546,7 +556,9 @@ _ENV_SHORTCUTS: Final = {
     "ingest": ("ingest", "endpoints"),
     "http": ("http", "listen"),
 }
-_ENV_IGNORED: Final = frozenset({"METRICSD_CONFIG"})
+#: Read elsewhere: the config file's path (above), and the clients' daemon URL, which a sidecar
+#: often shares its environment with.
+_ENV_IGNORED: Final = frozenset({"METRICSD_CONFIG", "METRICSD_URL"})
 
 
 def load_config(

@@ -301,6 +301,14 @@ class _Relabel:
         self.cache: dict[str, str] = {}
 
     def __call__(self, rendered: str) -> str:
+        if "\\" not in rendered:
+            # Without escapes, '",' only ever ends a value, so a trailing ``le``/``quantile``
+            # pair splits off exactly: the series part is rewritten once (cached), and the
+            # bucket strings, 16 per series and new each tick, are not cached at all.
+            cut = rendered.rfind('",')
+            if cut != -1 and rendered.startswith(('le="', 'quantile="'), cut + 2):
+                head = self(rendered[: cut + 1] + "}")
+                return head[:-1] + rendered[cut + 1 :]
         found = self.cache.get(rendered)
         if found is not None:
             return found

@@ -221,9 +221,10 @@ class _Source:
     """Hands each collection one snapshot built on the event loop.
 
     The first callback of a collection fetches it (and pins it); the other callbacks and the
-    histogram step read the pinned one; the end of the collection releases it. A pin older
-    than half an interval is never reused, so a collection that failed half-way cannot leak
-    its snapshot into the next one.
+    histogram step read the pinned one; the end of the collection releases it. The reader
+    waits a whole interval after one collection ends before the next starts, so a pin older
+    than 0.9 interval is never reused: a collection that failed half-way cannot leak its
+    snapshot into the next one.
     """
 
     def __init__(
@@ -235,7 +236,7 @@ class _Source:
     ) -> None:
         self.loop = loop
         self.build = build
-        self.max_age = interval / 2
+        self.max_age = interval * 0.9
         self.fetch_timeout = fetch_timeout
         self.lock = threading.Lock()
         self.pinned: ExportSnapshot | None = None

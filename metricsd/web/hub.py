@@ -37,14 +37,50 @@ log = logging.getLogger("metricsd.stream")
 ALL: FilterKey = (frozenset(), frozenset(), frozenset({"all"}))
 _CONTROL_LIMIT = 256  # queued control replies/alerts per client before it is closed
 _HISTORY_SECONDS = 60
+#: How long a close may wait to hand its close frame to a peer; then the connection is dropped.
+_CLOSE_TIMEOUT = 2.0
+
+
+async def close_or_abort(
+    ws: web.WebSocketResponse, transport: asyncio.Transport | None, code: int, message: bytes
+) -> None:
+    """Close with ``code``; a peer that has not taken everything sent to it (the close frame
+    included) within ``_CLOSE_TIMEOUT`` seconds stopped reading: it is disconnected instead, so
+    it holds no socket open (a stalled peer would otherwise keep its connection forever, and
+    stop the daemon from exiting)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _CLOSE_TIMEOUT
+    # Not wait_for: it waits for the cancelled close, which a write stuck on a full socket
+    # does not finish.
+    closing = loop.create_task(ws.close(code=code, message=message))
+    closing.add_done_callback(_retrieve)
+    await asyncio.wait({closing}, timeout=_CLOSE_TIMEOUT)
+    while transport is not None and transport.get_write_buffer_size() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if transport is not None and (not closing.done() or transport.get_write_buffer_size()):
+        transport.abort()  # the stuck write fails, and the close task ends with it
+    if not closing.done():
+        closing.cancel()
+
+
+def _retrieve(task: asyncio.Task[bool]) -> None:
+    """A close that failed because the connection was dropped is expected: not an error."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Client:
     """One connection: its session, outboxes and writer task."""
 
-    def __init__(self, ws: web.WebSocketResponse, session: Session) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        session: Session,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.ws = ws
         self.session = session
+        self.transport = transport
         self.control: deque[str] = deque()
         self.update: str | None = None
         self.wake = asyncio.Event()
@@ -113,6 +149,7 @@ class Hub:
         self.dropped_updates = 0
         self.slack = 0.0  # half the engine tick, set by the daemon
         self.renders = 0  # distinct filter sets rendered (lifetime), for tests and benchmarks
+        self._closing: set[asyncio.Task[None]] = set()  # closes under way (see _close)
 
     # --- the tick -------------------------------------------------------------------------
 
@@ -203,7 +240,7 @@ class Hub:
         )
         await ws.prepare(request)
         now = self.clock()
-        client = Client(ws, Session(connected_at=now, limits=self.limits))
+        client = Client(ws, Session(connected_at=now, limits=self.limits), request.transport)
         self.clients.add(client)
         self.engine.ws_clients = len(self.clients)
         writer = client.task = asyncio.create_task(client.writer())
@@ -224,7 +261,7 @@ class Hub:
             client.closing = True
             log.info("closing a WebSocket client (1008): %s", exc)
             writer.cancel()
-            await ws.close(code=1008, message=str(exc).encode()[:120])
+            await close_or_abort(ws, client.transport, 1008, str(exc).encode()[:120])
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -234,7 +271,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
             if not ws.closed:
-                await ws.close()
+                await close_or_abort(ws, client.transport, 1000, b"")
         return ws
 
     def _historical(self, now: float) -> dict[str, Any]:
@@ -257,9 +294,11 @@ class Hub:
         self.engine.ws_clients = len(self.clients)
         if client.task is not None:
             client.task.cancel()  # a writer blocked on a full socket would delay the close
-        asyncio.get_running_loop().create_task(
-            client.ws.close(code=code, message=reason.encode()[:120])
+        task = asyncio.get_running_loop().create_task(
+            close_or_abort(client.ws, client.transport, code, reason.encode()[:120])
         )
+        self._closing.add(task)  # a reference, so the task is not collected while it runs
+        task.add_done_callback(self._closing.discard)
 
     async def close_all(self, code: int = 1001) -> None:
         """At shutdown: close every client with ``code`` (1001, going away)."""
@@ -267,6 +306,7 @@ class Hub:
         for client in clients:
             client.closing = True
         await asyncio.gather(
-            *(c.ws.close(code=code, message=b"server shutting down") for c in clients),
+            *(close_or_abort(c.ws, c.transport, code, b"server shutting down") for c in clients),
+            *self._closing,
             return_exceptions=True,
         )

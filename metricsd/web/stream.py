@@ -151,7 +151,8 @@ class Session:
         if interval is not None:
             if isinstance(interval, bool) or not isinstance(interval, (int, float)):
                 problems.append("interval must be a number of seconds")
-            elif not math.isfinite(interval) or interval <= 0:
+            elif interval <= 0 or (isinstance(interval, float) and not math.isfinite(interval)):
+                # (an int past the float range is fine: it compares exactly, and is clamped)
                 problems.append("interval must be a positive number of seconds")
             else:
                 new_interval = min(

@@ -7,7 +7,8 @@ drops to the daemon in one ``client`` event (SPEC §1.5), sent blocking, flushes
 JSON line: ``{"sent": events handed to ZeroMQ, "dropped": events dropped, "offered": both,
 "reported": whether the drop report went out, "seconds": time sending}``.
 
-``--rate 0`` sends as fast as blocking sends allow (to measure the daemon's ceiling).
+``--rate 0`` sends as fast as blocking sends allow (to measure the daemon's ceiling), ``--frames``
+frames at most.
 Everything is bounded: the run ends after ``--duration`` seconds, or at SIGTERM/SIGINT.
 """
 
@@ -59,6 +60,9 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, required=True, help="seconds")
     parser.add_argument("--per-frame", type=int, default=100)
+    parser.add_argument(
+        "--frames", type=int, default=0, help="with --rate 0: send exactly this many, then stop"
+    )
     parser.add_argument("--sndhwm", type=int, default=1000)
     parser.add_argument("--source", default="load")
     args = parser.parse_args()
@@ -83,7 +87,7 @@ def main() -> None:
     i = 0
     if args.rate <= 0:
         sock.setsockopt(zmq.SNDTIMEO, 1000)
-        while not stop and time.monotonic() < deadline:
+        while not stop and time.monotonic() < deadline and (not args.frames or i < args.frames):
             try:
                 sock.send(packed[i % len(packed)])
                 sent += n

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from tests.conftest import Daemon
 
@@ -68,6 +74,11 @@ def wait_until(
 _RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
+def at_least(want: float) -> Callable[[float], bool]:
+    """For ``wait_until``: done once the value reaches ``want``."""
+    return lambda value: value >= want
+
+
 def log_failures(d: Daemon, allow_http_parse_errors: bool = False) -> list[str]:
     """The log records (first line each) that show an unhandled exception.
 
@@ -109,3 +120,106 @@ def assert_healthy(d: Daemon) -> None:
 
 def body_has_exception_text(body: bytes) -> Any:
     return EXCEPTION_TEXT.search(body.decode("utf-8", "replace"))
+
+
+class LatencyProbe:
+    """A thread that times ``GET /healthz`` over and over until stopped.
+
+    ``target`` is a daemon, or a function returning the current one (it may change across a
+    restart: requests that fail while none listens are counted in ``failures``, not timed).
+    """
+
+    def __init__(self, target: Daemon | Callable[[], Daemon]) -> None:
+        self.target = target
+        self.worst = 0.0
+        self.count = 0
+        self.failures = 0
+        #: While set (a planned restart), nothing is timed: requests then wait for a daemon
+        #: that is shutting down, which is not the latency under load being measured.
+        self.paused = threading.Event()
+        self._epoch = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.paused.is_set():
+                self._stop.wait(0.05)
+                continue
+            d = self.target() if callable(self.target) else self.target
+            epoch = self._epoch
+            started = time.monotonic()
+            try:
+                status, _, _ = d.request("/healthz", timeout=60.0)
+            except OSError:
+                status = 0
+            if self.paused.is_set() or epoch != self._epoch:
+                continue
+            if status == 200:
+                self.worst = max(self.worst, time.monotonic() - started)
+                self.count += 1
+            else:
+                self.failures += 1
+            self._stop.wait(0.05)
+
+    def pause(self) -> None:
+        self._epoch += 1
+        self.paused.set()
+
+    def resume(self) -> None:
+        self.paused.clear()
+
+    def __enter__(self) -> LatencyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=70.0)
+
+
+def stalled_client(d: Daemon) -> socket.socket:
+    """A WebSocket client that subscribes at 0.1 s and then never reads."""
+    url = urlsplit(d.http)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.settimeout(5.0)
+    sock.connect((url.hostname, url.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /metrics/stream HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    payload = json.dumps({"type": "subscribe", "filters": {"interval": 0.1}}).encode()
+    mask = os.urandom(4)
+    sock.sendall(
+        bytes([0x81, 0x80 | len(payload)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
+    return sock
+
+
+def wide_updates(d: Daemon) -> None:
+    """1000 endpoints: stream updates of ~100 KB, so a client that never reads falls
+    behind within seconds."""
+    base = d.value("metricsd_events_received_total", type="request")
+    d.send(
+        {
+            "type": "request",
+            "const": {"model": "gpt-4o", "source": "setup"},
+            "cols": {
+                "endpoint": [f"/v1/endpoint/{i:04d}/with/a/long/path" for i in range(1000)],
+                "duration_ms": [5.0 + i for i in range(1000)],
+            },
+        }
+    )
+    deadline = time.monotonic() + 10.0
+    while (
+        d.value("metricsd_events_received_total", type="request") < base + 1000
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)

@@ -16,7 +16,7 @@ pytest.importorskip("atheris", reason="atheris is not installed (pip install -e 
 
 from fuzz.long_run import RunResult, run_target
 
-SECONDS = 4
+SECONDS = 3
 WALL_LIMIT = 90.0
 
 

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +28,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, start_daemon
 from tests.reliability.reliability_support import (
     EXCEPTION_TEXT,
     assert_healthy,
@@ -46,12 +45,17 @@ max_ws_clients = {MAX_WS}
 """
 
 
-@pytest.fixture
-def abused(daemon_factory: Any, tmp_path: Path) -> Iterator[Daemon]:
-    d: Daemon = daemon_factory("--config", str(write_config(tmp_path, CONFIG)))
-    yield d
-    # aiohttp itself logs the malformed requests of test_bad_queries_methods_and_paths.
-    assert log_failures(d, allow_http_parse_errors=True) == []
+@pytest.fixture(scope="module")
+def abused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the whole module: every test abuses it, none may disturb the next."""
+    tmp = tmp_path_factory.mktemp("abuse")
+    d = start_daemon(tmp, "--config", str(write_config(tmp, CONFIG)))
+    try:
+        yield d
+        # aiohttp itself logs the malformed requests of test_bad_queries_methods_and_paths.
+        assert log_failures(d, allow_http_parse_errors=True) == []
+    finally:
+        d.stop()
 
 
 def ws_url(d: Daemon) -> str:
@@ -282,6 +286,7 @@ def test_connections_beyond_the_websocket_limit_get_503(abused: Daemon) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_ten_thousand_connections_beyond_the_websocket_limit(abused: Daemon) -> None:
     overflow_ws_clients(abused, attempts=10_000)
 
@@ -320,6 +325,9 @@ def test_bad_websocket_messages_get_an_error_and_the_connection_stays(abused: Da
             assert not EXCEPTION_TEXT.search(reply["message"]), reply["message"]
             assert len(reply["message"]) <= 512
             time.sleep(0.06)  # stay under the message rate limit: this is not the flood test
+        # An integer too large for a float is a number of seconds like any other: clamped.
+        ws.send('{"type":"subscribe","filters":{"interval":' + "1" * 400 + "}}")
+        assert until(ws, "subscribed")["filters"]["interval"] == 60.0
         ws.send(json.dumps({"type": "ping"}))
         assert until(ws, "pong")["type"] == "pong"
 
@@ -327,7 +335,9 @@ def test_bad_websocket_messages_get_an_error_and_the_connection_stays(abused: Da
 def test_flood_and_oversized_message_close_only_their_connection(abused: Daemon) -> None:
     with connect(ws_url(abused), open_timeout=TIMEOUT) as bystander:
         assert recv(bystander)["type"] == "historical_data"
-        with connect(ws_url(abused), open_timeout=TIMEOUT) as flooder:
+        # close_timeout: after the 1008 the client sometimes sees the connection end only at
+        # its own close timeout (10 s by default); the daemon holds nothing meanwhile.
+        with connect(ws_url(abused), open_timeout=TIMEOUT, close_timeout=1.0) as flooder:
             recv(flooder)
             with pytest.raises(ConnectionClosed) as flood:
                 for _ in range(1000):  # bounded: the close comes after ~40

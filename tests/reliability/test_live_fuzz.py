@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from tests.reliability.reliability_support import (
 
 MiB = 1 << 20
 #: Repetitions of both sets for the memory check, and the growth allowed across them.
-ROUNDS = 6
+ROUNDS = 4
 RSS_GROWTH_LIMIT = 24 * MiB
 
 
@@ -239,7 +240,7 @@ def counters(d: Daemon) -> tuple[float, Counter[str], Counter[str], float]:
     return frames, rejected, accepted, truncated
 
 
-def send_all(sock: zmq.Socket[Any], frames: list[bytes | list[bytes]]) -> None:
+def send_all(sock: zmq.Socket[Any], frames: Sequence[bytes | list[bytes]]) -> None:
     for frame in frames:
         if isinstance(frame, list):
             sock.send_multipart(frame)

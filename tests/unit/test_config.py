@@ -75,6 +75,11 @@ def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
         load_config(write(tmp_path, text), environ={})
 
 
+def test_client_url_variable_is_ignored() -> None:
+    # The clients' METRICSD_URL is not a daemon setting, and is not an error either.
+    assert load_config(environ={"METRICSD_URL": "http://127.0.0.1:1"}) == load_config(environ={})
+
+
 def test_unknown_environment_variable() -> None:
     with pytest.raises(ConfigError, match=r"ingest\.rcv_hwm: unknown key"):
         load_config(environ={"METRICSD_INGEST_RCV_HWM": "5"})

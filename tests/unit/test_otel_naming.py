@@ -3,9 +3,11 @@ the configuration that switches it, and the families → OTLP snapshot conversio
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,15 @@ from metricsd.export.naming import (
     prometheus_name,
     translate_families,
 )
-from metricsd.export.otlp import HistogramPoint, NumberPoint, export_snapshot, metrics_url
-from metricsd.export.prometheus import Family, render_labels
+from metricsd.export.otlp import (
+    ExportSnapshot,
+    HistogramPoint,
+    NumberPoint,
+    _Source,
+    export_snapshot,
+    metrics_url,
+)
+from metricsd.export.prometheus import Family, render_labels, render_text
 from metricsd.protocol import decode
 
 WALL = 1_700_000_000.0
@@ -216,9 +225,11 @@ def test_self_metrics_keep_their_names_and_the_rest_has_no_otel_form() -> None:
         assert instrument_for(name, kind) is None, name
 
 
-@pytest.mark.parametrize(
-    "value", ["plain", 'we"ird', "back\\slash", "new\nline", 'x",model="y', "a,b=c", "", "ü"]
-)
+VALUES = ["plain", 'we"ird', "back\\slash", "new\nline", 'x",model="y', "a,b=c", "", "ü"]
+VALUES += ["x,le=", 'q",le="1', "le=", '",']
+
+
+@pytest.mark.parametrize("value", VALUES)
 def test_label_parsing_round_trips_escaped_values(value: str) -> None:
     rendered = render_labels((("model", value), ("endpoint", "/e")))
     assert parse_labels(rendered) == [("model", value), ("endpoint", "/e")]
@@ -226,6 +237,27 @@ def test_label_parsing_round_trips_escaped_values(value: str) -> None:
     assert fam.samples[0][1] == render_labels(
         (("gen_ai_request_model", value), ("metricsd_endpoint", "/e"))
     )
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_histogram_buckets_keep_le_after_hostile_values(value: str) -> None:
+    for labels in [(("endpoint", "/e"), ("model", value)), (("model", value), ("endpoint", "/e"))]:
+        fam = Family("llm_time_to_first_token_seconds", "histogram", "help")
+        fam.histogram(labels, (0.1, 1.0), [1, 2, 3], 4.5)
+        for _round in range(2):  # the second time from the cache
+            (out,) = translate_families([fam])
+            names = {"endpoint": "metricsd_endpoint", "model": "gen_ai_request_model"}
+            series = tuple((names[k], v) for k, v in labels)
+            assert [(suffix, parse_labels(lab), n) for suffix, lab, n in out.samples] == [
+                ("_bucket", [*series, ("le", "0.1")], 1),
+                ("_bucket", [*series, ("le", "1")], 2),
+                ("_bucket", [*series, ("le", "+Inf")], 3),
+                ("_sum", list(series), 4.5),
+                ("_count", list(series), 3),
+            ]
+            text = render_text([out]).decode()
+            parsed = {s.name: s for f in parse_text(text) for s in f.samples}
+            assert parsed["gen_ai_server_time_to_first_token_seconds_count"].value == 3
 
 
 def _one(name: str, kind: str, rendered: str) -> Family:
@@ -402,6 +434,48 @@ def test_snapshot_converts_cumulative_buckets_and_types() -> None:
     ]
     assert [p.value for p in points if isinstance(p, NumberPoint)] == [7, 2]
     assert snap.metrics["metricsd.frames_received"].points == (NumberPoint((), 3),)
+
+
+def test_source_builds_one_snapshot_per_collection_on_the_loop() -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    built: list[int] = []
+
+    def build() -> ExportSnapshot:
+        built.append(threading.get_ident())
+        return ExportSnapshot({})
+
+    try:
+        source = _Source(loop, build, interval=60.0, fetch_timeout=2.0)
+        assert source.current() is None and built == []  # not ready: no fetch
+        source.ready = True
+        first = source.current()
+        assert first is not None and source.current() is first  # pinned for the collection
+        source.release()
+        assert source.current() is not first
+        assert built == [thread.ident, thread.ident] and source.fetches == 2
+
+        def broken() -> ExportSnapshot:
+            raise RuntimeError("boom")
+
+        failing = _Source(loop, broken, interval=60.0, fetch_timeout=2.0)
+        failing.ready = True
+        assert failing.current() is None and failing.failures == 1
+
+        blocked = threading.Event()
+        loop.call_soon_threadsafe(blocked.wait, 5.0)  # a stuck loop
+        slow = _Source(loop, build, interval=60.0, fetch_timeout=0.2)
+        slow.ready = True
+        assert slow.current() is None and slow.failures == 1
+        blocked.set()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    closed = _Source(loop, build, interval=60.0, fetch_timeout=2.0)
+    closed.ready = True
+    assert closed.current() is None and closed.failures == 1
 
 
 def test_metrics_url() -> None:

@@ -354,14 +354,26 @@ def typed(code: int, values: list[Any], dtype: str) -> msgpack.ExtType:
 
 
 def test_typed_columns_decode_like_arrays() -> None:
-    plain = {"type": "request", "const": {"model": "m"},
-             "cols": {"duration_ms": [1.5, 2.5, 0.0], "input_tokens": [1, 2, 3],
-                      "output_tokens": [7, 8, 9], "streaming": [True, False, True]}}
-    fast = {"type": "request", "const": {"model": "m"},
-            "cols": {"duration_ms": typed(1, [1.5, 2.5, 0.0], "<f8"),
-                     "input_tokens": typed(2, [1, 2, 3], "<i8"),
-                     "output_tokens": typed(3, [7, 8, 9], "<i4"),
-                     "streaming": typed(4, [1, 0, 1], "u1")}}
+    plain = {
+        "type": "request",
+        "const": {"model": "m"},
+        "cols": {
+            "duration_ms": [1.5, 2.5, 0.0],
+            "input_tokens": [1, 2, 3],
+            "output_tokens": [7, 8, 9],
+            "streaming": [True, False, True],
+        },
+    }
+    fast = {
+        "type": "request",
+        "const": {"model": "m"},
+        "cols": {
+            "duration_ms": typed(1, [1.5, 2.5, 0.0], "<f8"),
+            "input_tokens": typed(2, [1, 2, 3], "<i8"),
+            "output_tokens": typed(3, [7, 8, 9], "<i4"),
+            "streaming": typed(4, [1, 0, 1], "u1"),
+        },
+    }
     a, ra = rows(plain)
     b, rb = rows(fast)
     assert ra == rb == {}
@@ -369,9 +381,13 @@ def test_typed_columns_decode_like_arrays() -> None:
 
 
 def test_typed_column_bad_values_rejected_per_row() -> None:
-    frame = {"type": "request",
-             "cols": {"duration_ms": typed(1, [1.0, -1.0, float("nan"), 4.0], "<f8"),
-                      "streaming": typed(4, [0, 2, 1, 1], "u1")}}
+    frame = {
+        "type": "request",
+        "cols": {
+            "duration_ms": typed(1, [1.0, -1.0, float("nan"), 4.0], "<f8"),
+            "streaming": typed(4, [0, 2, 1, 1], "u1"),
+        },
+    }
     out, rejected = rows(frame)
     assert rejected == {"bad_value": 2}  # row 1 (negative, and 2 is not a boolean), row 2 (NaN)
     assert [r["duration_ms"] for r in out] == [1.0, 4.0]

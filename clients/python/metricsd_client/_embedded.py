@@ -1,6 +1,7 @@
 """``embedded=True``: the daemon's own pure trackers, run in this process.
 
-The same engine and trackers as ``metricsd serve`` (request, streaming, error, SLO and cost),
+The same engine and trackers as ``metricsd serve`` (request, streaming, error, SLO, cost and
+custom metrics),
 with no sockets and no HTTP: events are buffered, then encoded by the client's wire encoder,
 decoded by the daemon's protocol decoder and applied (every 1 000 events, and before any read
 or budget change), with ``time.monotonic()`` as the engine's clock; each read builds a snapshot
@@ -132,6 +133,7 @@ class EmbeddedBackend:
         from metricsd.config import Config, SloConfig
         from metricsd.engine import Engine
         from metricsd.trackers.cost import CostTracker
+        from metricsd.trackers.custom import CustomTracker
         from metricsd.trackers.errors import ErrorTracker
         from metricsd.trackers.requests import RequestTracker
         from metricsd.trackers.slo import SloTracker
@@ -153,8 +155,14 @@ class EmbeddedBackend:
         self._errors = ErrorTracker(config, geometry, start)
         self._slo = SloTracker(config, geometry, start, wall_offset=wall - start)
         self._cost = CostTracker(config, start, wall)
-        trackers: list[Any] = [self._requests, self._streaming, self._errors, self._slo, self._cost]
-        self.engine = Engine(config, trackers[-1:] if cost_only else trackers)
+        self._custom = CustomTracker(config)
+        trackers: list[Any] = [self._requests, self._streaming, self._errors, self._slo]
+        trackers += [self._cost, self._custom]
+        self.engine = Engine(config, [self._cost] if cost_only else trackers)
+        # As in the daemon: a custom metric may not take the name of a built-in family.
+        self._custom.reserved = frozenset(
+            f.name for f in self.engine.families(start) if f.name != "metricsd_custom_refused"
+        )
         self.engine.ready = True
         self._lock = threading.RLock()
         self._pending: list[tuple[_Row, LocalEmitter]] = []

@@ -281,3 +281,10 @@ def test_seed_constructor_arguments_are_accepted() -> None:
     assert errors.pattern_threshold == 2 and errors.get_slo_status().target_success_rate == 0.995
     with pytest.raises(ValueError):
         ErrorMetricsTracker(error_budget_slo=1.5)
+
+
+def test_embedded_exposition_includes_custom_metrics() -> None:
+    tracker = StreamingMetricsTracker(embedded=True)
+    tracker.emitter.metric("llm_circuit_breaker_open", "gauge", 1.0, labels={"provider": "openai"})
+    text = tracker.get_prometheus_metrics()
+    assert 'llm_circuit_breaker_open{provider="openai"} 1' in text

@@ -290,9 +290,15 @@ class Daemon:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        drained = self.ingest.drain()
+        drained, left = self.ingest.drain()
         if drained:
             log.info("applied %d frames left in the socket at shutdown", drained)
+        if left:
+            log.warning(
+                "discarded %d frames still queued after ingest.drain_timeout (%g s) at shutdown",
+                left,
+                self.config.ingest.drain_timeout,
+            )
         self.engine.snapshot(self.clock(), time.time())
         if self.config.state.path:
             try:

@@ -114,6 +114,9 @@ class IngestConfig:
     max_string_length: int = 256
     max_error_message_length: int = 2048
     max_frames_per_wakeup: int = 256
+    #: At shutdown, how long applying the frames still queued may take (below systemd's
+    #: TimeoutStopSec=30, leaving time to save); frames left after it are counted in the log.
+    drain_timeout: float = 20.0
     #: CURVE secret key file (``metricsd keygen``): encrypts the non-loopback tcp:// endpoints.
     curve_secret_key_file: str = ""
     #: Emitters' CURVE public keys (Z85) allowed to connect; empty: any that has the server key.

@@ -106,24 +106,45 @@ class Ingest:
                 log.exception("error applying a frame")
             await asyncio.sleep(0)
 
-    def drain(self, quiet: float = 0.2, max_seconds: float = 5.0) -> int:
-        """At shutdown: apply everything the socket holds, and what is still arriving, until
-        nothing has come for ``quiet`` seconds (at most ``max_seconds``); returns frames."""
+    def drain(self, quiet: float = 0.2, max_seconds: float | None = None) -> tuple[int, int]:
+        """At shutdown: apply everything the socket holds, until nothing has come for ``quiet``
+        seconds (at most ``max_seconds``, default ``ingest.drain_timeout``). Returns the frames
+        applied and the frames still queued after the limit (received, not decoded: dropped).
+
+        The endpoints are unbound first: that closes the emitters' connections, so they keep
+        what they have not yet written in their own queues (and send it to the next daemon),
+        while everything ZeroMQ already took in stays in the socket and is applied here. Without
+        it, an emitter that never pauses would keep the socket busy until the limit and the
+        close would drop whatever was queued then. What remains in flight is what sat in the
+        kernel's TCP buffers at that instant, which no PUSH/PULL design can recover."""
         self._stopping = True
+        for endpoint in self.endpoints:
+            try:
+                self._sync.unbind(endpoint)
+            except zmq.ZMQError as exc:  # not fatal: the drain below still bounds the stop
+                log.warning("could not unbind %s at shutdown: %s", endpoint, exc)
+        limit = self.config.drain_timeout if max_seconds is None else max_seconds
         total = 0
-        deadline = time.monotonic() + max_seconds
+        deadline = time.monotonic() + limit
         last = time.monotonic()
-        while time.monotonic() < deadline:
+        while (now := time.monotonic()) < deadline:
             n = self._drain_nowait(10_000)
             total += n
-            now = time.monotonic()
             if n:
                 last = now
             elif now - last >= quiet:
-                break
+                return total, 0
             else:
                 self._sync.poll(timeout=20)
-        return total
+        # Out of time: count what is left (a receive costs about a microsecond; the queue is
+        # bounded by the receive high-water mark), so the loss is stated, not silent.
+        left = 0
+        while True:
+            try:
+                self._sync.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return total, left
+            left += 1
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -157,7 +157,7 @@ def main() -> None:
         },
         args.json,
     )
-    daemon.context.term()
+    daemon.context.destroy(linger=0)  # closes the ingest socket it made, so this returns
 
 
 if __name__ == "__main__":

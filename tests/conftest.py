@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
 import pytest
@@ -173,3 +176,29 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     yield factory
     for d in started:
         d.stop()
+
+
+def stalled_client(d: Daemon) -> socket.socket:
+    """A raw WebSocket client that subscribes at 0.1 s and then never reads (a tiny receive
+    buffer, so it falls behind at once): the daemon must drop its updates, then close it."""
+    url = urlsplit(d.http)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.settimeout(5.0)
+    sock.connect((url.hostname, url.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /metrics/stream HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    payload = json.dumps({"type": "subscribe", "filters": {"interval": 0.1}}).encode()
+    mask = os.urandom(4)
+    sock.sendall(
+        bytes([0x81, 0x80 | len(payload)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
+    return sock

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
-import os
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, stalled_client
 
 TIMEOUT = 5.0
 
@@ -194,32 +191,6 @@ def test_origin_check_and_token(daemon_factory: Any) -> None:
         connect(ws_url(d, "?token=tok"), open_timeout=TIMEOUT, origin="http://evil.example")
 
 
-def _stalled_client(d: Daemon) -> socket.socket:
-    """A WebSocket client that subscribes fast and then never reads."""
-    url = urlsplit(d.http)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    sock.settimeout(TIMEOUT)
-    sock.connect((url.hostname, url.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /metrics/stream HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    payload = json.dumps({"type": "subscribe", "filters": {"interval": 0.1}}).encode()
-    mask = os.urandom(4)
-    frame = (
-        bytes([0x81, 0x80 | len(payload)])
-        + mask
-        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    )
-    sock.sendall(frame)
-    return sock
-
-
 def _update_gaps(d: Daemon, seconds: float) -> list[float]:
     with connect(ws_url(d), open_timeout=TIMEOUT) as ws:
         recv(ws)
@@ -248,7 +219,7 @@ def test_slow_client_does_not_delay_a_fast_one(daemon_factory: Any, tmp_path: Pa
         )
     d.wait_for("metricsd_events_received_total", 300, type="request")
     alone = _update_gaps(d, 2.0)
-    stalled = [_stalled_client(d) for _ in range(3)]
+    stalled = [stalled_client(d) for _ in range(3)]
     try:
         shared = _update_gaps(d, 3.0)
         # The stalled clients fill their socket buffers (a few MB each here), then lose

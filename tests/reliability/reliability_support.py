@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from tests.conftest import Daemon
+from tests.conftest import stalled_client as stalled_client  # re-exported for the scenarios
 
 T = TypeVar("T")
 
@@ -176,31 +172,6 @@ class LatencyProbe:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=70.0)
-
-
-def stalled_client(d: Daemon) -> socket.socket:
-    """A WebSocket client that subscribes at 0.1 s and then never reads."""
-    url = urlsplit(d.http)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    sock.settimeout(5.0)
-    sock.connect((url.hostname, url.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /metrics/stream HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    payload = json.dumps({"type": "subscribe", "filters": {"interval": 0.1}}).encode()
-    mask = os.urandom(4)
-    sock.sendall(
-        bytes([0x81, 0x80 | len(payload)])
-        + mask
-        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    )
-    return sock
 
 
 def wide_updates(d: Daemon) -> None:

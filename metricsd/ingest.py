@@ -144,6 +144,8 @@ class Ingest:
                 self._sync.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return total, left
+            while self._sync.rcvmore:  # a multipart message is one frame, as in _drain_nowait
+                self._sync.recv()
             left += 1
 
     def close(self) -> None:

@@ -25,7 +25,6 @@ imported unless the push is configured.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import numbers
@@ -137,7 +136,7 @@ def _histogram_points(instrument: Instrument, family: Family) -> tuple[Histogram
     buckets: dict[Attributes, list[tuple[float, int]]] = {}
     sums: dict[Attributes, float] = {}
     counts: dict[Attributes, int] = {}
-    for suffix, rendered, value in family.samples:
+    for suffix, rendered, value in family.all_samples():
         attrs = _attributes(instrument, rendered)
         if suffix == "_bucket":
             le = next(str(v) for k, v in attrs if k == "le")
@@ -185,7 +184,7 @@ def export_snapshot(families: Iterable[Family]) -> ExportSnapshot:
         else:
             points = tuple(
                 NumberPoint(_attributes(instrument, rendered), _number(value))
-                for _suffix, rendered, value in family.samples
+                for _suffix, rendered, value in family.all_samples()
             )
         if instrument.name in metrics:  # not the case for metricsd's own families
             log.warning("two families map to %s; keeping the first", instrument.name)
@@ -262,28 +261,10 @@ class _Source:
             self.pinned = None
 
     def _fetch(self) -> ExportSnapshot | None:
-        future: concurrent.futures.Future[ExportSnapshot] = concurrent.futures.Future()
-
-        def work() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(self.build())
-            except BaseException as exc:  # handed to the waiting thread
-                future.set_exception(exc)
-
+        """Build the export from the latest snapshot, on the collecting thread (snapshots are
+        immutable, so this needs nothing of the event loop)."""
         try:
-            self.loop.call_soon_threadsafe(work)
-        except RuntimeError:  # the loop is closed: nothing to export
-            self.failures += 1
-            return None
-        try:
-            snapshot = future.result(timeout=self.fetch_timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            self.failures += 1
-            log.warning("OTLP: the event loop did not build a snapshot in time; export skipped")
-            return None
+            snapshot = self.build()
         except Exception:
             self.failures += 1
             log.exception("OTLP: could not build the snapshot; export skipped")
@@ -399,7 +380,7 @@ class OtlpPush:
         self._meter: Meter | None = None
 
     def snapshot(self) -> ExportSnapshot:
-        """Build the snapshot (on the event loop)."""
+        """Build the export from the latest snapshot (on any thread)."""
         return export_snapshot(self.families())
 
     def start(self) -> None:

@@ -533,11 +533,9 @@ def _check_consts(
             verdicts[raw] if col is None else (default, True)
             for raw, col in zip(constv, colv, strict=True)
         ]
-        if truncated:
+        if truncated:  # a string is counted as it came: once per constant sent
             ctx.truncated[0] += sum(
-                p.n
-                for p, raw, col in zip(ctx.parts, constv, colv, strict=True)
-                if col is None and raw in truncated
+                1 for raw, col in zip(constv, colv, strict=True) if col is None and raw in truncated
             )
     else:  # booleans, maps, lists: each part on its own
         found = []
@@ -547,7 +545,7 @@ def _check_consts(
                 continue
             one = [0]
             value, ok = check_scalar(fdef, raw, limits, one)
-            ctx.truncated[0] += one[0] * p.n
+            ctx.truncated[0] += one[0]
             found.append((value if ok else default, ok))
     return [v for v, _ok in found], [ok for _v, ok in found]
 
@@ -562,7 +560,11 @@ def _check_numbers(
     """Numeric constants checked together: each distinct number once, as one array."""
     default = fdef.default
     distinct = [v for v in dict.fromkeys(constv) if v is not _ABSENT and v is not None]
-    verdicts: dict[Any, tuple[Any, bool]] = {_ABSENT: (default, True), None: (default, True)}
+    # An explicit nil is the default for an optional field, and a bad value for a required one.
+    verdicts: dict[Any, tuple[Any, bool]] = {
+        _ABSENT: (default, True),
+        None: (default, not fdef.required),
+    }
     if distinct:
         checked = numeric_fast(fdef, distinct)
         if checked is None:  # ints beyond 64 bits and the like: one by one
@@ -729,7 +731,7 @@ def _label(ctx: _Ctx, fdef: Field, colv: list[Any], constv: list[Any]) -> Any:
         if bad_codes.any():
             ctx.reject(ctx.per_part(bad_codes[raw_codes].tolist()), _BAD_VALUE)
         if trunc_codes.any():
-            ctx.truncated[0] += int(ctx.lengths[trunc_codes[raw_codes]].sum())
+            ctx.truncated[0] += int(np.count_nonzero(trunc_codes[raw_codes]))
         final = remap[raw_codes]
         if len(values) == 1 or bool((final == final[0]).all()):
             return _Const(values[int(final[0])])
@@ -760,9 +762,12 @@ def _label(ctx: _Ctx, fdef: Field, colv: list[Any], constv: list[Any]) -> Any:
         return code
 
     pieces: list[npt.NDArray[np.intp]] = []
+    const_codes: list[int] = []
     for p, col, raw in zip(parts, colv, constv, strict=True):
         if col is None:
-            pieces.append(np.full(p.n, intern(raw), dtype=np.intp))
+            code = intern(raw)
+            const_codes.append(code)
+            pieces.append(np.full(p.n, code, dtype=np.intp))
         elif isinstance(col, np.ndarray):
             pieces.append(np.full(p.n, intern(_BAD_RAW), dtype=np.intp))  # numbers: not text
         else:
@@ -771,8 +776,11 @@ def _label(ctx: _Ctx, fdef: Field, colv: list[Any], constv: list[Any]) -> Any:
     remap, values, bad_codes, trunc_codes = _check_labels(ctx, fdef, raws)
     if bad_codes.any():
         ctx.reject(bad_codes[codes], _BAD_VALUE)
-    if trunc_codes.any():
-        ctx.truncated[0] += int(np.count_nonzero(trunc_codes[codes]))
+    if trunc_codes.any():  # strings counted as they came: per column row, per constant sent
+        from_columns = ctx.per_part([c is not None for c in colv])
+        rows = codes if from_columns is None else codes[from_columns]
+        ctx.truncated[0] += int(np.count_nonzero(trunc_codes[rows])) if from_columns is not None else 0
+        ctx.truncated[0] += sum(1 for c in const_codes if trunc_codes[c])
     return Cat(remap[codes], values)
 
 

@@ -23,6 +23,7 @@ slot's touched rows; readers reduce the frozen slots of a window by any grouping
 from __future__ import annotations
 
 import math
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final
@@ -281,18 +282,86 @@ class CounterWindows:
 
 @dataclass(frozen=True, slots=True)
 class _HistSlot:
-    """One closed slot (or group): sparse (series << 32 | bucket) counts and per-series stats.
+    """One slot (or group): sparse (series << 32 | bucket) counts and per-series stats.
 
-    ``total`` holds exact sums of the values (Python ints of 2**-80, an object array)."""
+    A closed slot keeps its buckets sealed (:func:`_seal`: a few bytes per bucket instead of
+    sixteen), the open slot of a snapshot as arrays. ``total`` holds exact sums of the values
+    (Python ints of 2**-80, an object array)."""
 
     index: int
-    keys: npt.NDArray[np.uint64]
-    counts: npt.NDArray[np.uint64]
+    keys_: npt.NDArray[np.uint64] | None
+    counts_: npt.NDArray[np.uint64] | None
     ids: npt.NDArray[np.intp]
     count: IntArray
     total: npt.NDArray[Any]
     lo: FloatArray
     hi: FloatArray
+    blob: bytes = b""
+
+    def entries(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        if self.keys_ is not None and self.counts_ is not None:
+            return self.keys_, self.counts_
+        return _unseal(self.blob)
+
+    def sealed(self) -> _HistSlot:
+        if self.keys_ is None:
+            return self
+        return _HistSlot(
+            self.index, None, None, self.ids, self.count, self.total, self.lo, self.hi,
+            _seal(self.keys_, self.counts_),
+        )
+
+    def nbytes(self) -> int:
+        stats = sum(int(a.nbytes) for a in (self.ids, self.count, self.lo, self.hi))
+        stats += 32 * len(self.total)  # Python ints of ~100 bits
+        if self.keys_ is not None and self.counts_ is not None:
+            return stats + int(self.keys_.nbytes + self.counts_.nbytes)
+        return stats + len(self.blob)
+
+
+def _seal(keys: npt.NDArray[np.uint64], counts: Any) -> bytes:
+    """Sorted (series << 32 | bucket) keys and counts → compressed bytes: the series as runs,
+    bucket indexes as deltas within a run (small, so they compress well), counts as uint32
+    (uint64 beyond), zlib level 1."""
+    n = len(keys)
+    if n == 0:
+        return b""
+    sid = (keys >> _SHIFT).astype(np.uint32)
+    idx = (keys & _LOW32).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    runs = np.diff(np.r_[starts, n]).astype(np.uint32)
+    deltas = idx.copy()
+    deltas[1:] -= idx[:-1]
+    deltas[starts] = idx[starts]
+    wide = bool(counts.max() > 0xFFFFFFFF)
+    header = np.array([n, len(starts), int(wide)], dtype=np.uint32).tobytes()
+    body = (
+        sid[starts].tobytes()
+        + runs.tobytes()
+        + deltas.astype(np.uint32).tobytes()
+        + counts.astype(np.uint64 if wide else np.uint32).tobytes()
+    )
+    return zlib.compress(header + body, 1)
+
+
+def _unseal(blob: bytes) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    if not blob:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    data = zlib.decompress(blob)
+    n, k, wide = np.frombuffer(data, dtype=np.uint32, count=3).tolist()
+    at = 12
+    usid = np.frombuffer(data, dtype=np.uint32, count=k, offset=at).astype(np.uint64)
+    at += 4 * k
+    runs = np.frombuffer(data, dtype=np.uint32, count=k, offset=at).astype(np.intp)
+    at += 4 * k
+    deltas = np.frombuffer(data, dtype=np.uint32, count=n, offset=at).astype(np.int64)
+    at += 4 * n
+    counts = np.frombuffer(data, dtype=np.uint64 if wide else np.uint32, count=n, offset=at)
+    cumulative = np.cumsum(deltas)
+    starts = np.r_[0, np.cumsum(runs)[:-1]]
+    idx = cumulative - np.repeat(cumulative[starts] - deltas[starts], runs)
+    keys = (np.repeat(usid, runs) << _SHIFT) | idx.astype(np.uint64)
+    return keys, counts.astype(np.uint64)
 
 
 class _OpenHist:
@@ -423,7 +492,7 @@ class HistLog:
             if open_.index != index:
                 closed = open_.close()
                 if closed is not None:
-                    ring.append(closed)
+                    ring.append(closed.sealed())
                 open_.index = index
             while ring and ring[0].index <= index - keep:
                 ring.popleft()
@@ -462,7 +531,8 @@ class HistLog:
 
 def _save_hist(s: _HistSlot, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
     """A slot with ids renumbered to saved rows; buckets as (row, index, count) columns."""
-    old = (s.keys >> _SHIFT).astype(np.intp)
+    keys, counts = s.entries()
+    old = (keys >> _SHIFT).astype(np.intp)
     rows = np.full(len(old), -1, dtype=np.intp)
     inside = old < len(keep)
     rows[inside] = keep[old[inside]]
@@ -474,8 +544,8 @@ def _save_hist(s: _HistSlot, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
     return {
         "index": s.index,
         "rows": rows[ok].astype(np.int64),
-        "buckets": (s.keys[ok] & _LOW32).astype(np.int64),
-        "counts": s.counts[ok],
+        "buckets": (keys[ok] & _LOW32).astype(np.int64),
+        "counts": counts[ok],
         "ids": srows[fine].astype(np.int64),
         "count": s.count[fine],
         "total": s.total[fine],
@@ -514,7 +584,7 @@ def _load_hist(s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: s
         total[fine],
         lo[fine],
         hi[fine],
-    )
+    ).sealed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,10 +667,11 @@ class GroupHist:
             np.add.at(total, gi, s.total[ok])
             np.minimum.at(lo, gi, s.lo[ok])
             np.maximum.at(hi, gi, s.hi[ok])
-            bg = _regroup((s.keys >> _SHIFT).astype(np.intp), groups)
+            skeys, scounts = s.entries()
+            bg = _regroup((skeys >> _SHIFT).astype(np.intp), groups)
             keep = bg >= 0
-            key_parts.append((bg[keep].astype(np.uint64) << _SHIFT) | (s.keys[keep] & _LOW32))
-            count_parts.append(s.counts[keep])
+            key_parts.append((bg[keep].astype(np.uint64) << _SHIFT) | (skeys[keep] & _LOW32))
+            count_parts.append(scounts[keep])
         if key_parts:
             # Regrouped keys repeat (several series, one group): always merge.
             keys, counts = _compact(list(zip(key_parts, count_parts, strict=True)), unique=False)

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from metricsd.batch import Batch, regroup
+from metricsd.batch import Batch, Groups, regroup
 from metricsd.config import Config
 from metricsd.hist import Layout, bucket_counts
 from metricsd.outcomes import DEFAULT_ERROR_TYPE, is_error, status_column, status_labels
@@ -68,7 +68,9 @@ class RequestTracker:
         self.window = CounterLog(geometry, len(FIELDS))
         self.latency = HistLog(geometry, LATENCY_LAYOUT)
         self.queue_wait = HistLog(geometry, LATENCY_LAYOUT)
-        self.statuses = SeriesTable("requests_status", 4, cap, ttl)
+        #: (provider, endpoint, model, status) of a series (its labels as folded at the cap):
+        #: a series has a few statuses, each label bounded (outcomes.status_label).
+        self.statuses = SeriesTable("requests_status", 4, 8 * cap, ttl)
         self.statuses.add_array("count")
         self.errors = SeriesTable("errors", 4, cap, ttl)
         self.errors.add_array("count")
@@ -144,7 +146,9 @@ class RequestTracker:
             self._token_hist(batch, ctx)
             self._finish(batch, ctx)
         self.window.add(now, sids, window)
-        labels = regroup(groups, status_labels(batch), batch.n)
+        # Statuses per series as folded: an overflowed label set keeps its real status.
+        folded = Groups([table.keys[sid] for sid in sids.tolist()], groups.codes, groups.counts)
+        labels = regroup(folded, status_labels(batch), batch.n)
         status_ids = self.statuses.ids(labels.keys, labels.counts, now, version)
         counts = self.statuses.arrays
         counts["count"] = add_rows(counts["count"], status_ids, labels.counts)
@@ -285,7 +289,9 @@ class RequestTracker:
         return len(self.series)
 
     def series_overflow(self) -> int:
-        return sum(t.overflowed for t in self.tables())
+        """Events folded into an overflow series: once per event (the status, token and cache
+        tables fold the same events as the series itself, so they are not added again)."""
+        return self.series.overflowed + self.finish.overflowed + self.errors.overflowed
 
     # --- reads ----------------------------------------------------------------------------
 

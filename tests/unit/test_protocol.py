@@ -400,3 +400,14 @@ def test_typed_column_of_unknown_code_or_length_is_a_shape_error() -> None:
     assert rows(unknown)[1] == {"shape": 1}
     text = {"type": "request", "cols": {"duration_ms": [1.0], "model": typed(2, [5], "<i8")}}
     assert rows(text)[1] == {"bad_value": 1}
+
+
+def test_nil_required_number_is_a_bad_value_alone_and_pooled() -> None:
+    """Found by the live fuzz: an explicit nil for a required number was accepted when the
+    event came alone and rejected when it was pooled with others."""
+    bad = {"type": "client", "dropped": None}
+    good = {"type": "client", "dropped": 3}
+    assert rows(bad)[1] == {"bad_value": 1}
+    assert rows({"type": "request", "duration_ms": None})[1] == {"bad_value": 1}
+    out, rejected = rows([bad, good])
+    assert rejected == {"bad_value": 1} and [r["dropped"] for r in out] == [3]

@@ -413,8 +413,9 @@ def _check(config: Config) -> None:
     if config.ingest.heartbeat < 0:
         raise ConfigError(f"ingest.heartbeat: must be ≥ 0, got {config.ingest.heartbeat!r}")
     if not 0 <= config.ingest.ipc_mode <= 0o777:
-        raise ConfigError(f"ingest.ipc_mode: must be a file mode (0 to 0o777), got "
-                          f"{config.ingest.ipc_mode!r}")
+        raise ConfigError(
+            f"ingest.ipc_mode: must be a file mode (0 to 0o777), got {config.ingest.ipc_mode!r}"
+        )
     if config.engine.significant_figures not in (1, 2, 3):
         raise ConfigError("engine.significant_figures: must be 1, 2 or 3")
     if config.log.level.lower() not in _LEVELS:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -135,7 +136,7 @@ class EngineThread:
                 # A fixed rate: the time a tick takes does not stretch the period.
                 next_tick = max(next_tick + self.tick_interval, time.monotonic())
             wait = max(0.0, next_tick - time.monotonic())
-            events = dict(poller.poll(wait * 1000))
+            events = dict(poller.poll(math.ceil(wait * 1000)))
             if self._wake_r in events:
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.read(self._wake_r, 4096)

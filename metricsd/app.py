@@ -29,7 +29,7 @@ import zmq.asyncio
 from aiohttp import web
 
 from metricsd import persist
-from metricsd.config import Config, ConfigError, split_host_port
+from metricsd.config import Config, ConfigError, split_host_port, worker_count
 from metricsd.export.otlp import OtlpPush, require_sdk
 from metricsd.export.prometheus import RenderCache, render_both
 from metricsd.ingest import Ingest
@@ -43,6 +43,7 @@ from metricsd.web.hub import Hub
 from metricsd.web.server import LimitedRunner, install_accept_guard, raise_fd_limit
 from metricsd.webhook import WebhookSender
 from metricsd.wiring import build_engine
+from metricsd.workers import WorkerPool
 
 __all__ = ["Daemon", "check_exposure", "run"]
 
@@ -112,6 +113,7 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.notifier = Notifier()
         self.curve: IngestCurve | None = None
+        self.pool: WorkerPool | None = None
         self.otlp: OtlpPush | None = None
         cost_tracker = self.trackers.get("cost")
         if cost_tracker is not None:
@@ -149,6 +151,8 @@ class Daemon:
 
     def _extra_families(self) -> list[Any]:
         out = self.hub.families()
+        if self.pool is not None:
+            out.extend(self.pool.families())
         if self.webhook is not None:
             out.extend(self.webhook.families(0.0))
         return out
@@ -235,6 +239,12 @@ class Daemon:
         bound = self._bound_address(site, host, port)
         self.http_url = f"{'https' if ssl_context else 'http'}://{bound}"
         self._latest = self.engine.snapshot(self.clock(), time.time())
+        workers = worker_count(self.config.engine)
+        if workers > 1:
+            self.pool = WorkerPool(workers, self.engine.limits, self.engine, self.clock)
+            self.pool.start()
+            self.runner.pool = self.pool
+            log.info("decoding in %d worker processes", workers)
         self.runner.start()
         self.ready = True
         if self.config.state.path:
@@ -428,6 +438,8 @@ class Daemon:
             await asyncio.get_running_loop().run_in_executor(None, self.runner.stop)
         else:
             self.runner.stop()
+        if self.pool is not None:
+            self.pool.stop()
         drained, left = self.runner.drained
         if drained:
             log.info("applied %d frames left in the socket at shutdown", drained)

@@ -185,8 +185,9 @@ class Decoder:
             raise _Reject("shape")
         # One pass sorts the elements and counts the events; nothing is kept before the count
         # is known, so a frame over the limit is rejected whole.
-        staged: list[tuple[str, dict[Any, Any]]] = []
-        columnar: list[tuple[int, dict[Any, Any]]] = []
+        # (type, event) for an event as a map, (None, batch) with its count for a columnar one;
+        # kept in the frame's order, which is the order rows are applied in.
+        staged: list[tuple[str | None, dict[Any, Any], int]] = []
         shape = version = unknown = total = 0
         for element in elements:
             if type(element) is not dict:
@@ -194,7 +195,7 @@ class Decoder:
                 total += 1
             elif "cols" in element or "const" in element:
                 k, ok = _measure(element)
-                columnar.append((k if ok else -k, element))
+                staged.append((None, element, k if ok else -k))
                 total += k
             else:
                 total += 1
@@ -202,7 +203,7 @@ class Decoder:
                 if not _is_version(element.get("v", PROTOCOL_VERSION)):
                     version += 1
                 elif type(type_name) is str and type_name in EVENT_TYPES:
-                    staged.append((type_name, element))
+                    staged.append((type_name, element, 1))
                 elif type_name is None:
                     shape += 1
                 else:
@@ -217,17 +218,18 @@ class Decoder:
         if unknown:
             rejected["unknown_type"] += unknown
         plain = self._plain
-        for type_name, element in staged:
+        for type_name, element, n in staged:
+            if type_name is None:
+                try:
+                    self._columnar(element, n)
+                except _Reject as exc:
+                    rejected[exc.reason] += exc.count
+                continue
             bucket = plain.get(type_name)
             if bucket is None:
                 plain[type_name] = [element]
             else:
                 bucket.append(element)
-        for n, element in columnar:
-            try:
-                self._columnar(element, n)
-            except _Reject as exc:
-                rejected[exc.reason] += exc.count
 
     def _columnar(self, obj: dict[Any, Any], n: int) -> None:
         """Check a columnar batch's structure and pool it; its values are checked in finish.
@@ -259,11 +261,12 @@ class Decoder:
         else:
             merged = const  # only type, v, cols and const: the constants as sent
         bucket = self._parts.get(type_name)
-        part = _Part(n, merged, cols)
         if bucket is None:
-            self._parts[type_name] = [part]
-        else:
-            bucket.append(part)
+            bucket = self._parts[type_name] = []
+        earlier = self._plain.pop(type_name, None)
+        if earlier:  # events of this type sent as maps before this batch: they come first
+            bucket.append(_plain_part(type_name, earlier))
+        bucket.append(_Part(n, merged, cols))
 
     def finish(self) -> DecodeResult:
         """Validate everything pooled; the result holds one batch per type and every reject."""

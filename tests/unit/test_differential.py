@@ -308,7 +308,7 @@ def _engine() -> Engine:
     return build_engine(config, 0.0, WALL)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 11, 12, 13, 14])
 def test_merged_frames_give_the_snapshot_of_one_event_at_a_time(seed: int) -> None:
     events = traffic(seed)
     half = len(events) // 2

@@ -45,7 +45,16 @@ from metricsd.validate import (
     string_limit,
 )
 
-__all__ = ["PROTOCOL_VERSION", "REASONS", "TYPED_COLUMNS", "DecodeResult", "Decoder", "decode"]
+__all__ = [
+    "DICT_COLUMN",
+    "PROTOCOL_VERSION",
+    "REASONS",
+    "TYPED_COLUMNS",
+    "DecodeResult",
+    "Decoder",
+    "DictColumn",
+    "decode",
+]
 
 PROTOCOL_VERSION: Final = 1
 #: The limits when the caller gives none (tests, tools): the configuration's defaults.
@@ -71,6 +80,9 @@ TYPED_COLUMNS: Final[dict[int, np.dtype[Any]]] = {
     3: np.dtype("<i4"),
     4: np.dtype("u1"),
 }
+#: A dictionary column (msgpack ext type 5): a label column as its distinct values and one small
+#: integer per row (see :class:`DictColumn`).
+DICT_COLUMN: Final = 5
 #: String fields kept as plain lists (free text); every other string field is a label (Cat).
 _TEXT_KINDS: Final = frozenset({"longstr", "text"})
 _LABEL_KINDS: Final = frozenset({"str", "enum", "name"})
@@ -253,6 +265,8 @@ class Decoder:
             return  # empty columns: no events, nothing to count
         if "type" in cols or "v" in cols:
             raise _Reject("shape", n)
+        if any(type(c) is DictColumn for c in cols.values()):
+            cols = _plain_dict_columns(type_name, cols)
         if "v" in const and not _is_version(const["v"]):
             raise _Reject("version", n)
         if len(obj) > 4 or ("v" not in obj and len(obj) > 3):
@@ -282,11 +296,90 @@ class Decoder:
         return self.result
 
 
+class DictColumn:
+    """A column sent as ``[values, codes]``: its distinct values once, then a little-endian
+    unsigned code per row (1 byte with at most 256 values, 2 with at most 65 536, else 4).
+
+    Label columns of mixed traffic repeat a handful of values; sent this way they decode without
+    a string object per row, and the decoder checks each distinct value once. Row ``i`` is
+    ``values[codes[i]]``; a nil value means the field is absent from that row."""
+
+    __slots__ = ("codes", "values")
+
+    def __init__(self, values: list[Any], codes: npt.NDArray[Any]) -> None:
+        self.values = values
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def tolist(self) -> list[Any]:
+        values = self.values
+        return [values[c] for c in self.codes.tolist()]
+
+
+def _dict_column(data: bytes) -> Any:
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception:  # malformed: whatever the library raises, a bad value
+        return msgpack.ExtType(DICT_COLUMN, data)
+    if not (
+        type(body) is list
+        and len(body) == 2
+        and type(body[0]) is list
+        and type(body[1]) is bytes
+        and body[0]
+    ):
+        return msgpack.ExtType(DICT_COLUMN, data)
+    values, raw = body
+    width = 1 if len(values) <= 1 << 8 else 2 if len(values) <= 1 << 16 else 4
+    if len(raw) % width:
+        return msgpack.ExtType(DICT_COLUMN, data)
+    codes = np.frombuffer(raw, dtype=_CODE_DTYPES[width])
+    if codes.size and int(codes.max()) >= len(values):
+        return msgpack.ExtType(DICT_COLUMN, data)
+    return DictColumn(values, codes)
+
+
+_CODE_DTYPES: Final[dict[int, np.dtype[Any]]] = {
+    1: np.dtype("u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+}
+
+
 def _typed_column(code: int, data: bytes) -> Any:
+    if code == DICT_COLUMN:
+        return _dict_column(data)
     dtype = TYPED_COLUMNS.get(code)
     if dtype is None or len(data) % dtype.itemsize:
         return msgpack.ExtType(code, data)  # not a column this version knows: a bad value
     return np.frombuffer(data, dtype=dtype)
+
+
+def _plain_dict_columns(type_name: str, cols: dict[Any, Any]) -> dict[Any, Any]:
+    """Dictionary columns of fields that are not labels, as the columns they stand for: an
+    array where every value is a number, else a list (checked like any other column)."""
+    schema = EVENT_TYPES[type_name]
+    out = dict(cols)
+    for name, col in cols.items():
+        if type(col) is not DictColumn:
+            continue
+        fdef = schema.get(name) if type(name) is str else None
+        if fdef is not None and fdef.kind in _LABEL_KINDS:
+            continue
+        plain: Any = None
+        if fdef is not None and fdef.kind in NUMERIC_KINDS:
+            kinds = set(map(type, col.values))
+            try:
+                if kinds == {int}:
+                    plain = np.array(col.values, dtype=np.int64)[col.codes]
+                elif kinds <= {int, float}:
+                    plain = np.array(col.values, dtype=np.float64)[col.codes]
+            except OverflowError:
+                plain = None
+        out[name] = col.tolist() if plain is None else plain
+    return out
 
 
 def _is_version(v: Any) -> bool:
@@ -316,10 +409,11 @@ def _measure(obj: dict[Any, Any]) -> tuple[int, bool]:
     ok = True
     for col in cols.values():
         kind = type(col)
-        if kind is list or kind is np.ndarray:
+        if kind is list or kind is np.ndarray or kind is DictColumn:
             size = len(col)
             if size != n:
-                ok = n < 0
+                if n >= 0:
+                    ok = False  # columns of different lengths
                 n = max(n, size)
         else:
             ok = False
@@ -329,7 +423,7 @@ def _measure(obj: dict[Any, Any]) -> tuple[int, bool]:
 def _batch_len(obj: dict[Any, Any]) -> int:
     cols = obj.get("cols")
     if isinstance(cols, dict):
-        lengths = [len(v) for v in cols.values() if isinstance(v, (list, np.ndarray))]
+        lengths = [len(v) for v in cols.values() if isinstance(v, (list, np.ndarray, DictColumn))]
         if lengths:
             return max(lengths)
     return 1
@@ -774,6 +868,9 @@ def _label(ctx: _Ctx, fdef: Field, colv: list[Any], constv: list[Any]) -> Any:
             pieces.append(np.full(p.n, code, dtype=np.intp))
         elif isinstance(col, np.ndarray):
             pieces.append(np.full(p.n, intern(_BAD_RAW), dtype=np.intp))  # numbers: not text
+        elif type(col) is DictColumn:  # each distinct value interned once, rows by index
+            local = np.fromiter(map(intern, col.values), dtype=np.intp, count=len(col.values))
+            pieces.append(local[col.codes])
         else:
             pieces.append(_codes(col, intern))
     codes = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)

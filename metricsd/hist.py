@@ -143,15 +143,29 @@ _LIMB: Final = 39
 _EXACT_MAX: Final = float(2**37)
 
 
-def exact_limbs(values: FloatArray) -> tuple[IntArray, IntArray, IntArray]:
+def exact_limbs(values: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Each value as three 39-bit limbs of its fixed-point integer (value × 2**80):
-    ``l2 · 2**78 + l1 · 2**39 + l0``. Exact: every split is a floor by a power of two."""
-    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, _EXACT_MAX)
-    hi = np.floor(v * 4.0)  # 2**(80 - 78)
-    rest = v - hi * 0.25
-    mid = np.floor(rest * 2.0**41)  # 2**(80 - 39)
-    low = np.floor((rest - mid * 2.0**-41) * 2.0**80)
-    return hi.astype(np.int64), mid.astype(np.int64), low.astype(np.int64)
+    ``l2 · 2**78 + l1 · 2**39 + l0``, as integral float64s. Exact: every split is a floor by a
+    power of two. In place where it can be: this runs over every duration of every batch."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, _EXACT_MAX)
+    if not np.isfinite(v).all():  # validated input never has NaN; a caller's bug reads as 0
+        v = np.nan_to_num(v, nan=0.0)
+    hi = np.multiply(v, 4.0)  # 2**(80 - 78)
+    np.floor(hi, out=hi)
+    tmp = np.multiply(hi, 0.25)
+    np.subtract(v, tmp, out=v)  # v: the rest below 2**-2
+    mid = np.multiply(v, 2.0**41)  # 2**(80 - 39)
+    np.floor(mid, out=mid)
+    np.multiply(mid, 2.0**-41, out=tmp)
+    np.subtract(v, tmp, out=v)
+    np.multiply(v, 2.0**80, out=v)
+    np.floor(v, out=v)
+    return hi, mid, v
+
+
+#: Rows summed per float pass: limbs are below 2**39, so 2**14 of them sum below 2**53, where
+#: float64 addition is exact in any order.
+_EXACT_ROWS: Final = 1 << 14
 
 
 def exact_sums(
@@ -159,20 +173,22 @@ def exact_sums(
 ) -> npt.NDArray[Any]:
     """Per-group exact sums (Python ints of 2**-80 units; an object array of ``size``)."""
     out = np.zeros(size, dtype=object)
-    if values.size == 0:
+    n = values.size
+    if n == 0:
         return out
     limbs = exact_limbs(values)
-    if codes is None:
-        parts = [int(limb.sum()) for limb in limbs]
-        out[0] = (parts[0] << (2 * _LIMB)) + (parts[1] << _LIMB) + parts[2]
-        return out
-    sums = []
-    for limb in limbs:
-        acc = np.zeros(size, dtype=np.int64)
-        np.add.at(acc, codes, limb)  # < 2**39 each: exact for 2**24 rows
-        sums.append(acc.tolist())
+    sums = [np.zeros(size, dtype=np.int64) for _ in limbs]
+    for start in range(0, n, _EXACT_ROWS):
+        stop = start + _EXACT_ROWS
+        for acc, limb in zip(sums, limbs, strict=True):
+            part = limb[start:stop]
+            if codes is None:
+                acc[0] += int(part.sum())
+            else:
+                acc += np.bincount(codes[start:stop], weights=part, minlength=size).astype(np.int64)
+    s2, s1, s0 = (acc.tolist() for acc in sums)
     for g in range(size):
-        out[g] = (sums[0][g] << (2 * _LIMB)) + (sums[1][g] << _LIMB) + sums[2][g]
+        out[g] = (s2[g] << (2 * _LIMB)) + (s1[g] << _LIMB) + s0[g]
     return out
 
 

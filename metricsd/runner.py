@@ -145,9 +145,12 @@ class EngineThread:
             wait = max(0.0, next_tick - time.monotonic())
             if pool is not None:
                 if ingest is not None:  # read the socket only while a worker can take a chunk
-                    poller.modify(ingest.sync, zmq.POLLIN if pool.has_room() else 0)
+                    poller.modify(ingest.sync, zmq.POLLIN if pool.wants_frames() else 0)
+                flush = pool.flush_in()
                 if pool.backlog:
                     wait = 0.0
+                elif flush is not None:
+                    wait = min(wait, flush)
             events = dict(poller.poll(math.ceil(wait * 1000)))
             if self._wake_r in events:
                 with contextlib.suppress(BlockingIOError, OSError):
@@ -156,7 +159,7 @@ class EngineThread:
                 if pool is not None:
                     if pool.results in events or pool.backlog:
                         pool.collect(WAKEUP_BUDGET)
-                    if ingest is not None and ingest.sync in events:
+                    if ingest is not None and (ingest.sync in events or pool.flush_in() == 0.0):
                         pool.forward(ingest.sync, WAKEUP_BUDGET)
                 elif ingest is not None and ingest.sync in events:
                     ingest.receive(limit, WAKEUP_BUDGET)

@@ -61,7 +61,9 @@ CHUNK_FRAMES: Final = 32
 #: … or about this many bytes (whichever comes first).
 CHUNK_BYTES: Final = 2 << 20
 #: Chunks a worker may hold at once (one decoding, the next queued).
-IN_FLIGHT: Final = 3
+IN_FLIGHT: Final = 2
+#: The longest frames wait to fill a chunk while workers are busy.
+LINGER: Final = 0.02
 #: A worker not connected this long after its start is restarted.
 START_TIMEOUT: Final = 30.0
 
@@ -108,6 +110,10 @@ class WorkerPool:
         self._held: dict[int, tuple[int, int]] = {}
         #: chunk → (result, frames, wall) waiting for an earlier chunk; None: lost
         self._done: dict[int, tuple[DecodeResult, int, float] | None] = {}
+        #: Frames read off the ingest socket for the next chunk, since when, their size.
+        self._staged: list[Any] = []
+        self._staged_since = 0.0
+        self._staged_bytes = 0
         self.restarts = 0
         self.lost_frames = 0
         self.bad_results = 0
@@ -210,7 +216,7 @@ class WorkerPool:
 
     @property
     def idle(self) -> bool:
-        return not self._held and not self._done
+        return not self._held and not self._done and not self._staged
 
     def has_room(self) -> bool:
         """Whether the next chunk has somewhere to go (else the ingest socket is left alone)."""
@@ -220,14 +226,14 @@ class WorkerPool:
 
     def forward(self, sock: zmq.Socket[bytes], budget: float) -> int:
         """Read queued frames off the ingest socket into chunks for the workers; returns the
-        frames taken."""
+        frames taken. A chunk goes out when it is full, when it has waited :data:`LINGER`
+        seconds, or at once when no worker has anything to do (so a light load is not
+        delayed, and a heavy one is sent in chunks large enough to be cheap to apply)."""
         taken = 0
         deadline = time.monotonic() + budget
+        staged = self._staged
         while self.has_room():
-            worker = min((w for w in self.workers if w.ready), key=lambda w: w.load)
-            chunk: list[Any] = [struct.pack("<Q", self._seq)]
-            size = 0
-            while len(chunk) <= CHUNK_FRAMES and size < CHUNK_BYTES:
+            while len(staged) < CHUNK_FRAMES and self._staged_bytes < CHUNK_BYTES:
                 try:
                     frame = sock.recv(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -238,26 +244,51 @@ class WorkerPool:
                         sock.recv()
                     self.engine.reject_frame("shape")
                     continue
-                chunk.append(frame)
-                size += len(frame.buffer)
-            if len(chunk) == 1:
+                if not staged:
+                    self._staged_since = time.monotonic()
+                staged.append(frame)
+                self._staged_bytes += len(frame.buffer)
+            if not staged:
                 break
-            assert worker.socket is not None
-            try:
-                worker.socket.send_multipart(chunk, zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                # Its pipe is full although it holds fewer than IN_FLIGHT chunks (it is being
-                # replaced): the frames are already ours, so they are counted as lost.
-                self.lost_frames += len(chunk) - 1
-                self._done[self._seq] = None
-            else:
-                self._held[self._seq] = (worker.index, len(chunk) - 1)
-                worker.load += 1
-                self.chunks += 1
-            self._seq += 1
+            full = len(staged) >= CHUNK_FRAMES or self._staged_bytes >= CHUNK_BYTES
+            if not (full or self.flush_in() == 0.0):
+                break
+            self._dispatch()
             if time.monotonic() >= deadline:
                 break
         return taken
+
+    def flush_in(self) -> float | None:
+        """Seconds until the frames read so far must go to a worker (None: none are read)."""
+        if not self._staged:
+            return None
+        if not self._held:
+            return 0.0  # every worker is idle: no reason to wait
+        return max(0.0, self._staged_since + LINGER - time.monotonic())
+
+    def wants_frames(self) -> bool:
+        """Whether the engine thread should read the ingest socket now."""
+        return len(self._staged) < CHUNK_FRAMES and self.has_room()
+
+    def _dispatch(self) -> None:
+        worker = min((w for w in self.workers if w.ready), key=lambda w: w.load)
+        chunk: list[Any] = [struct.pack("<Q", self._seq), *self._staged]
+        frames = len(self._staged)
+        self._staged.clear()
+        self._staged_bytes = 0
+        assert worker.socket is not None
+        try:
+            worker.socket.send_multipart(chunk, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # Its pipe is full although it holds fewer than IN_FLIGHT chunks (it is being
+            # replaced): the frames are already ours, so they are counted as lost.
+            self.lost_frames += frames
+            self._done[self._seq] = None
+        else:
+            self._held[self._seq] = (worker.index, frames)
+            worker.load += 1
+            self.chunks += 1
+        self._seq += 1
 
     def collect(self, budget: float) -> int:
         """Take the workers' results and apply those whose turn it is; returns chunks applied."""
@@ -327,15 +358,16 @@ class WorkerPool:
             taken += n
             if n:
                 last = now
-            if self._held or self._done:
-                poller.poll(20)
+            if self._held or self._done or self._staged:
+                poller.poll(5)
                 self.collect(0.05)
                 self.check()
                 continue
             if now - last >= quiet:
                 return taken, 0
             sock.poll(timeout=20)
-        left = sum(frames for _w, frames in self._held.values())
+        left = sum(frames for _w, frames in self._held.values()) + len(self._staged)
+        self._staged.clear()
         self.lost_frames += left
         while True:
             try:

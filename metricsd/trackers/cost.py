@@ -128,12 +128,7 @@ class CostTracker:
         groups = batch.groups(("model", "endpoint", "key_id", "provider"))
         hour, day = int(now // 3600), local_day(wall, self.tz)
         touched: set[str] = set()
-        if groups.codes is None:
-            parts: list[Any] = [None]
-        else:
-            order = np.argsort(groups.codes, kind="stable")
-            bounds = np.cumsum(groups.counts).tolist()
-            parts = [order[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+        parts: list[Any] = [None] if groups.codes is None else groups.parts(batch.n)
         for (model, endpoint, key, provider), rows in zip(groups.keys, parts, strict=True):
             q = Quantities(
                 _take(inputs, rows),

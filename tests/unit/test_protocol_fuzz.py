@@ -40,8 +40,25 @@ type_names = st.one_of(st.sampled_from(sorted(EVENT_TYPES)), st.text(max_size=8)
 events = st.dictionaries(field_names, values, max_size=8).flatmap(
     lambda d: st.builds(lambda t: {**d, "type": t}, type_names)
 )
+
+
+def dict_column(n: int) -> st.SearchStrategy[msgpack.ExtType]:
+    """A dictionary column of ``n`` rows (ext type 5), its codes sometimes past its values."""
+    return st.builds(
+        lambda vals, codes: msgpack.ExtType(
+            5, msgpack.packb([vals, bytes(codes)], default=lambda o: None)
+        ),
+        st.lists(scalars, max_size=6),
+        st.lists(st.integers(min_value=0, max_value=7), min_size=n, max_size=n),
+    )
+
+
 columns = st.integers(min_value=0, max_value=5).flatmap(
-    lambda n: st.dictionaries(field_names, st.lists(values, min_size=n, max_size=n), max_size=5)
+    lambda n: st.dictionaries(
+        field_names,
+        st.one_of(st.lists(values, min_size=n, max_size=n), dict_column(n)),
+        max_size=5,
+    )
 )
 columnar = st.builds(
     lambda t, cols, const: {"type": t, "cols": cols, "const": const},

@@ -64,6 +64,11 @@ MAX_PAYLOAD_BYTES: Final = MAX_FRAME_BYTES - _RESERVED_BYTES
 #: Typed columns (the daemon's ``TYPED_COLUMNS``, docs/protocol.md): msgpack ext type codes.
 EXT_FLOAT64: Final = 1
 EXT_INT64: Final = 2
+#: A dictionary column: ``[distinct values, one little-endian code per row]`` (docs/protocol.md).
+EXT_DICT: Final = 5
+#: Label values a dictionary column carries; a label holding anything else (a mapping, a float,
+#: something unhashable) splits the batch by its values instead.
+_DICT_TYPES: Final = frozenset({str, int, bool, type(None)})
 #: Columns of batches with fewer rows stay msgpack arrays. Below this the daemon decodes both
 #: forms in about the same time, an int64 column is larger than an array of small ints, and the
 #: conformance vectors' emitter frames (shared with the Node emitter, which sends arrays only)
@@ -246,17 +251,30 @@ def _transpose(rows: list[Row]) -> list[Row]:
     return list(zip(*rows, strict=True))
 
 
-def _group(spec: EventSpec, rows: list[Row]) -> list[tuple[list[Row], list[Row]]]:
-    """Split rows of one type by their label values: ``(rows, columns)`` per group.
+def _group(spec: EventSpec, rows: list[Row]) -> list[tuple[list[Row], list[Row], tuple[int, ...]]]:
+    """Split rows of one type by their label values: ``(rows, columns, dictionary labels)``
+    per group.
 
-    The common case, every label the same in every row, costs one ``count`` per label column;
-    otherwise the key is made of the labels that vary only.
+    The common case, every label the same in every row, costs one ``count`` per label column.
+    With at least :data:`MIN_TYPED_ROWS` rows, a label that varies over plain values (text,
+    integers, booleans, nil) is sent as a dictionary column instead of splitting the rows, so
+    mixed traffic makes one batch per type; the key is made of the other varying labels only.
     """
     cols = _transpose(rows)
     n = len(rows)
     varying = [i for i in spec.label_idx if cols[i].count(cols[i][0]) != n]
     if not varying:
-        return [(rows, cols)]
+        return [(rows, cols, ())]
+    dicts: tuple[int, ...] = ()
+    if n >= MIN_TYPED_ROWS:
+        dicts = tuple(
+            i
+            for i in varying
+            if i not in spec.freeze_idx and set(map(type, cols[i])) <= _DICT_TYPES
+        )
+        varying = [i for i in varying if i not in dicts]
+        if not varying:
+            return [(rows, cols, dicts)]
     key_cols = [map(_freeze, cols[i]) if i in spec.freeze_idx else cols[i] for i in varying]
     try:
         parts = _partition(rows, list(zip(*key_cols, strict=True)))
@@ -272,7 +290,7 @@ def _group(spec: EventSpec, rows: list[Row]) -> list[tuple[list[Row], list[Row]]
                 k = ("\0unhashable", j)
             keys.append(k)
         parts = _partition(rows, keys)
-    return [(part, _transpose(part)) for part in parts]
+    return [(part, _transpose(part), dicts) for part in parts]
 
 
 def _ext(code: int, values: array[Any]) -> msgpack.ExtType:
@@ -306,8 +324,27 @@ def _typed(col: Row) -> Any:
     return col
 
 
+def _dict_column(col: Row) -> Any:
+    """A label column as a dictionary column (its distinct values, then a code per row), or
+    the column itself when it cannot be packed that way."""
+    keys = list(zip(map(type, col), col, strict=True))  # 1 and True stay apart
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    values = [v for _t, v in index]
+    typecode = "B" if len(values) <= 1 << 8 else "H" if len(values) <= 1 << 16 else "I"
+    codes = array(typecode, map(index.__getitem__, keys))
+    if codes.itemsize not in (1, 2, 4):
+        return col  # a platform whose C ints are not 4 bytes: a plain array
+    if _BIG_ENDIAN:
+        codes.byteswap()
+    try:
+        payload = msgpack.packb([values, codes.tobytes()], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return col  # a value msgpack cannot hold: the packer isolates that row
+    return msgpack.ExtType(EXT_DICT, payload)
+
+
 def _build(
-    spec: EventSpec, rows: list[Row], cols: list[Row], source: str
+    spec: EventSpec, rows: list[Row], cols: list[Row], source: str, dicts: tuple[int, ...] = ()
 ) -> list[tuple[list[Row], dict[str, Any]]]:
     """Columnar batches for rows that agree on their labels: one, or more if split on None.
 
@@ -321,11 +358,17 @@ def _build(
     fields = spec.fields
     first = rows[0]
     const: dict[str, Any] = {"source": source}
+    out_cols: dict[str, Any] = {}
     for i in spec.label_idx:
         v = first[i]
+        if i in dicts:
+            col = cols[i]
+            if col.count(v) != n or len(set(map(type, col))) != 1:
+                out_cols[fields[i - 1]] = _dict_column(col)
+                continue
         if v is not None:
             const[fields[i - 1]] = v
-    out_cols: dict[str, Any] = {}
+    labels = len(out_cols)
     mixed: list[int] = []
     for i in spec.value_idx:
         col = cols[i]
@@ -344,11 +387,11 @@ def _build(
         masks = list(zip(*(map(_is_none, cols[i]) for i in mixed), strict=True))
         out: list[tuple[list[Row], dict[str, Any]]] = []
         for part in _partition(rows, masks):
-            out.extend(_build(spec, part, _transpose(part), source))
+            out.extend(_build(spec, part, _transpose(part), source, dicts))
         return out
     if n >= MIN_TYPED_ROWS:
-        for name, col in out_cols.items():
-            out_cols[name] = _typed(col)
+        for name in list(out_cols)[labels:]:  # the value columns, after the dictionary ones
+            out_cols[name] = _typed(out_cols[name])
     return [(rows, {"v": PROTOCOL_VERSION, "type": spec.type, "cols": out_cols, "const": const})]
 
 
@@ -359,15 +402,16 @@ def _pack(
     source: str,
     packer: msgpack.Packer,
     out: list[tuple[int, bytes]],
+    dicts: tuple[int, ...] = (),
 ) -> int:
     """Pack one batch, halving it on failure or excess size; return the rows dropped."""
     n = len(rows)
     data: bytes | None = None
     try:
         if batch is None:
-            built = _build(spec, rows, _transpose(rows), source)
+            built = _build(spec, rows, _transpose(rows), source, dicts)
             if len(built) != 1:  # cannot happen: halves of a built batch agree on None-ness
-                return sum(_pack(spec, r, b, source, packer, out) for r, b in built)
+                return sum(_pack(spec, r, b, source, packer, out, dicts) for r, b in built)
             batch = built[0][1]
         data = packer.pack(batch)
     except Exception:
@@ -378,8 +422,8 @@ def _pack(
     if n == 1:
         return 1  # unpackable, or one event larger than a frame: the daemon would reject it
     half = n // 2
-    return _pack(spec, rows[:half], None, source, packer, out) + _pack(
-        spec, rows[half:], None, source, packer, out
+    return _pack(spec, rows[:half], None, source, packer, out, dicts) + _pack(
+        spec, rows[half:], None, source, packer, out, dicts
     )
 
 
@@ -404,12 +448,16 @@ def encode(
         for start in range(0, len(typed), MAX_BATCH_ROWS):
             chunk = typed[start : start + MAX_BATCH_ROWS] if len(typed) > MAX_BATCH_ROWS else typed
             try:
-                built = [b for g, c in _group(spec, chunk) for b in _build(spec, g, c, source)]
+                built = [
+                    (part, batch, d)
+                    for g, c, d in _group(spec, chunk)
+                    for part, batch in _build(spec, g, c, source, d)
+                ]
             except Exception:
                 dropped += len(chunk)
                 continue
-            for part, batch in built:
-                dropped += _pack(spec, part, batch, source, packer, out)
+            for part, batch, d in built:
+                dropped += _pack(spec, part, batch, source, packer, out, d)
     return out, dropped
 
 

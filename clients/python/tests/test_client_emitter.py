@@ -30,7 +30,18 @@ MiB = 1 << 20
 TYPED_FORMATS = {1: "<d", 2: "<q"}
 
 
+class DictColumn(list[Any]):
+    """A dictionary column (ext 5) read as its rows; a nil row means the field is absent."""
+
+
 def _typed_column(code: int, data: bytes) -> list[Any]:
+    if code == 5:
+        values, raw = msgpack.unpackb(data, raw=False)
+        assert values and len(set(map(repr, values))) == len(values), "distinct values"
+        width = 1 if len(values) <= 256 else 2 if len(values) <= 65536 else 4
+        fmt = {1: "B", 2: "<H", 4: "<I"}[width]
+        assert len(raw) % width == 0
+        return DictColumn(values[c] for (c,) in struct.iter_unpack(fmt, raw))
     fmt = TYPED_FORMATS.get(code)
     assert fmt is not None, f"the emitter sent ext type {code}"
     assert data and len(data) % 8 == 0, "a typed column holds whole 8-byte values"
@@ -90,6 +101,8 @@ class Pull:
 
 def _no_none(value: Any) -> None:
     assert value is not None, "None went on the wire"
+    if isinstance(value, DictColumn):
+        return  # nil in a dictionary column is the protocol's "absent in this row"
     if isinstance(value, dict):
         for v in value.values():
             _no_none(v)
@@ -121,7 +134,13 @@ def expand(frame: Any) -> list[dict[str, Any]]:
         assert n >= 1
         for i in range(n):
             row = {"type": element["type"], **const}
-            row.update({f: c[i] for f, c in cols.items()})
+            row.update(
+                {
+                    f: c[i]
+                    for f, c in cols.items()
+                    if not (isinstance(c, DictColumn) and c[i] is None)
+                }
+            )
             rows.append(row)
     return rows
 

@@ -207,6 +207,7 @@ def test_negative_values() -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_wire, "MIN_TYPED_ROWS", 2)
+        mp.setattr(_wire, "_DICT_TYPES", frozenset())  # one batch per name, as a small flush
         frames, events, rejected = same_as_arrays(calls)
     # metric batches (by name) first, then the request batch: types in order of first call
     assert [f.get("value") for f in column_forms(frames)] == [1, 2, 2, None]
@@ -265,7 +266,9 @@ def test_mixed_ints_and_floats() -> None:
         for i in range(N):  # a count field: integral floats are accepted, fractions rejected
             em.request(1.0, input_tokens=exact_mix[i], ts=TS + i)
 
-    frames, events, rejected = same_as_arrays(calls)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_wire, "_DICT_TYPES", frozenset())  # one batch per name
+        frames, events, rejected = same_as_arrays(calls)
     assert [f.get("value") for f in column_forms(frames)] == [1, "array", None]
     assert column_forms(frames)[2]["input_tokens"] == 1
     assert rejected == {"bad_value": N // 2 + 1}  # input_tokens: the x.5 values, and -2**53
@@ -348,7 +351,9 @@ def test_a_column_typed_in_one_batch_and_not_in_another() -> None:
         for i in range(3):  # a small batch: arrays
             em.request(1.0 + i, model="c", input_tokens=100 + i, ts=TS + i)
 
-    frames, events, rejected = same_as_arrays(calls)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_wire, "_DICT_TYPES", frozenset())  # one batch per model
+        frames, events, rejected = same_as_arrays(calls)
     assert column_forms(frames) == [
         {"ts": 1, "duration_ms": 1, "input_tokens": 2},
         {"ts": 1, "duration_ms": 1, "input_tokens": "array"},
@@ -433,3 +438,85 @@ def test_large_typed_batches_are_split_under_the_frame_limit() -> None:
     assert rejected == {}
     assert [e["input_tokens"] for e in events] == list(range(n))
     assert all(set(forms.values()) == {1, 2, "array"} for forms in column_forms(frames))
+
+
+# --- dictionary columns -----------------------------------------------------------------------
+
+
+def _sorted(events: list[dict[str, Any]]) -> list[list[tuple[str, str, str]]]:
+    return sorted(exact(events))
+
+
+def test_varying_labels_go_out_as_dictionary_columns_in_one_batch() -> None:
+    models = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet")
+
+    def calls(em: Emitter) -> None:
+        for i in range(60):
+            failed = i % 7 == 3
+            em.request(
+                100.0 + i,
+                model=models[i % 3],
+                endpoint="/v1/chat/completions" if i % 2 else "/v1/embeddings",
+                status=503 if failed else 200,
+                finish_reason=None if failed else "stop",
+                error_type="upstream" if failed else None,
+                input_tokens=i,
+                ts=TS + i,
+            )
+
+    rows = record(calls)
+    frames, dropped = encode(rows)
+    assert dropped == 0
+    (batch,) = (b for f in frames for b in msgpack.unpackb(f, raw=False))
+    forms = {
+        k: c.code if isinstance(c, msgpack.ExtType) else "array" for k, c in batch["cols"].items()
+    }
+    assert forms == {
+        "model": 5,
+        "endpoint": 5,
+        "status": 5,
+        "finish_reason": 5,
+        "error_type": 5,
+        "ts": 1,
+        "duration_ms": 1,
+        "input_tokens": 2,
+    }
+    values, codes = msgpack.unpackb(batch["cols"]["model"].data, raw=False)
+    assert values == list(models) and list(codes) == [i % 3 for i in range(60)]
+    values, codes = msgpack.unpackb(batch["cols"]["finish_reason"].data, raw=False)
+    assert values == ["stop", None]  # nil: the field is absent from those rows
+    # The daemon reads the same events as from the one-batch-per-label-set arrays, in order.
+    events, rejected, truncated = daemon(frames)
+    want, want_rejected, _ = daemon(encode(rows, typed=False)[0])
+    assert rejected == want_rejected == {} and truncated == 0
+    assert _sorted(events) == _sorted(want)
+    assert [e["ts"] for e in events] == [TS + i for i in range(60)]
+    assert [e["status"] for e in events] == [503 if i % 7 == 3 else 200 for i in range(60)]
+    assert [e["finish_reason"] for e in events] == [
+        None if i % 7 == 3 else "stop" for i in range(60)
+    ]
+
+
+def test_many_distinct_values_take_two_byte_codes() -> None:
+    def calls(em: Emitter) -> None:
+        for i in range(300):
+            em.request(1.0, model=f"m-{i:03d}", ts=TS + i)
+
+    rows = record(calls)
+    frames, _ = encode(rows)
+    (batch,) = (b for f in frames for b in msgpack.unpackb(f, raw=False))
+    values, codes = msgpack.unpackb(batch["cols"]["model"].data, raw=False)
+    assert len(values) == 300 and len(codes) == 600
+    assert list(struct.unpack("<300H", codes)) == list(range(300))
+    events, rejected, _ = daemon(frames)
+    assert rejected == {} and [e["model"] for e in events] == [f"m-{i:03d}" for i in range(300)]
+
+
+def test_a_mapping_label_still_splits_the_batch() -> None:
+    def calls(em: Emitter) -> None:
+        for i in range(40):
+            em.metric("m", "counter", 1, labels={"k": str(i % 2)}, ts=TS + i)
+
+    frames, _ = encode(record(calls))
+    batches = [b for f in frames for b in msgpack.unpackb(f, raw=False)]
+    assert [b["const"]["labels"] for b in batches] == [{"k": "0"}, {"k": "1"}]

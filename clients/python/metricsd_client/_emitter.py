@@ -45,8 +45,19 @@ _MAX_CLOSE_LINGER_S: Final = 0.5
 #: After a socket cannot be created or connected (a bad endpoint), wait this long to retry.
 _RETRY_S: Final = 1.0
 
+#: The flusher is behind when this many batches wait: calls then yield the GIL (see _yield).
+_BEHIND_BATCHES: Final = 4
+
 _time = time.time
 _Row = tuple[Any, ...]
+
+
+def _yield() -> None:
+    """Release the GIL once so a waiting thread (the flusher) runs: what a call does when the
+    flusher is behind. The caller slows to the rate the flusher packs instead of losing events;
+    below that rate nothing changes."""
+    time.sleep(0)
+
 
 #: Every live emitter, for the fork and exit hooks (weak: an emitter may be garbage-collected).
 _EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
@@ -98,6 +109,9 @@ class Emitter:
         self._buf: deque[_Row] = deque()
         #: Hot-path bound: 0 once closed, so every later event counts as a drop.
         self._max_buffer = 0 if self._closed else self._max_buffer_cfg
+        #: Past this many waiting rows the flusher is behind: each call yields the GIL once (see
+        #: :func:`_yield`) before appending, so a caller in a tight loop cannot starve it.
+        self._soft_limit = min(self._max_buffer, _BEHIND_BATCHES * self._batch_size)
         #: The hot path calls ``_wake()`` when it appends to a buffer holding ``_wake_at`` rows.
         #: Until the flusher runs, that is the first append (0) and ``_wake`` starts the thread.
         self._wake_at = 0
@@ -176,9 +190,11 @@ class Emitter:
         """A completed request (SPEC ``request``): latency, tokens, outcome."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (0, t, duration_ms, status, input_tokens, output_tokens, cached_tokens,
@@ -209,9 +225,11 @@ class Emitter:
         """A failed request with no latency (SPEC ``error``); the daemon's default status: 500."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (1, t, error_type, status, error_message, provider,
@@ -242,9 +260,11 @@ class Emitter:
         """A stream began (SPEC ``stream.start``)."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (2, t, stream_id, prompt_tokens, temperature, max_tokens, client_id, provider,
@@ -273,9 +293,11 @@ class Emitter:
         """A chunk of ``n`` tokens arrived on a stream (SPEC ``stream.token``)."""
         try:
             k = len(self._buf)
-            if k >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if k >= self._soft_limit:
+                if k >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (3, t, stream_id, n, bytes, text,
@@ -305,9 +327,11 @@ class Emitter:
         """A stream ended: ``completed``, ``failed`` or ``cancelled`` (SPEC ``stream.end``)."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (4, t, stream_id, status, finish_reason, error_type, error_message,
@@ -334,9 +358,11 @@ class Emitter:
         """The consumer of a stream fell behind (SPEC ``stream.backpressure``)."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (5, t, stream_id, buffer_size,
@@ -364,9 +390,11 @@ class Emitter:
         """A prompt-cache lookup (SPEC ``cache``)."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (6, t, hit, total_tokens, matched_tokens,
@@ -394,9 +422,11 @@ class Emitter:
         """The current depth of a named queue (SPEC ``queue``)."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (7, t, depth, queue, capacity,
@@ -428,9 +458,11 @@ class Emitter:
         """Billable usage that is not a tracked request (SPEC ``usage``): cost only."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (8, t, prompt_tokens, completion_tokens, cached_tokens, images, characters,
@@ -459,9 +491,11 @@ class Emitter:
         """A custom metric sample: ``kind`` is ``counter``, ``gauge`` or ``histogram``."""
         try:
             n = len(self._buf)
-            if n >= self._max_buffer:
-                self._nbufdrop += 1
-                return
+            if n >= self._soft_limit:
+                if n >= self._max_buffer:
+                    self._nbufdrop += 1
+                    return
+                _yield()
             t = _time() if ts is None else ts
             self._buf.append(
                 (9, t, name, kind, value, labels,
@@ -499,6 +533,7 @@ class Emitter:
                     return True
                 self._closed = True
                 self._max_buffer = 0
+                self._soft_limit = 0
             _EMITTERS.discard(self)
             return self._flush(time.monotonic() + max(0.0, timeout), stop=True)
         except Exception:

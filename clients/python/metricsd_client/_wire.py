@@ -69,6 +69,7 @@ EXT_DICT: Final = 5
 #: Label values a dictionary column carries; a label holding anything else (a mapping, a float,
 #: something unhashable) splits the batch by its values instead.
 _DICT_TYPES: Final = frozenset({str, int, bool, type(None)})
+_TEXT_OR_NIL: Final = {str, type(None)}
 #: Columns of batches with fewer rows stay msgpack arrays. Below this the daemon decodes both
 #: forms in about the same time, an int64 column is larger than an array of small ints, and the
 #: conformance vectors' emitter frames (shared with the Node emitter, which sends arrays only)
@@ -327,9 +328,15 @@ def _typed(col: Row) -> Any:
 def _dict_column(col: Row) -> Any:
     """A label column as a dictionary column (its distinct values, then a code per row), or
     the column itself when it cannot be packed that way."""
-    keys = list(zip(map(type, col), col, strict=True))  # 1 and True stay apart
-    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    values = [v for _t, v in index]
+    kinds = set(map(type, col))
+    if len(kinds) == 1 or kinds == _TEXT_OR_NIL:  # values that cannot compare equal across types
+        index = {v: i for i, v in enumerate(dict.fromkeys(col))}
+        values = list(index)
+        keys: Any = col
+    else:  # mixed types: 1 and True (or 1.0) must stay apart
+        keys = list(zip(map(type, col), col, strict=True))
+        index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        values = [v for _t, v in index]
     typecode = "B" if len(values) <= 1 << 8 else "H" if len(values) <= 1 << 16 else "I"
     codes = array(typecode, map(index.__getitem__, keys))
     if codes.itemsize not in (1, 2, 4):

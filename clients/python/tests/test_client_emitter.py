@@ -721,6 +721,29 @@ def test_concurrent_callers_lose_nothing(pull: Pull, make: Callable[..., Emitter
         assert [r["n"] for r in rows if r["stream_id"] == f"s{t}"] == list(range(per_thread))
 
 
+def test_a_caller_in_a_tight_loop_loses_nothing(pull: Pull, make: Callable[..., Emitter]) -> None:
+    """A caller that never pauses would starve the flusher of the GIL and fill the buffer;
+    once four batches wait, each call yields the GIL instead, so nothing is dropped."""
+    n = 200_000
+    em = make(pull.endpoint)  # default batch size and buffer
+    models = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "llama-3-70b")
+    for i in range(n):
+        failed = i % 25 == 7
+        em.request(
+            float(i % 500),
+            model=models[i % 4],
+            endpoint="/v1/chat/completions" if i % 3 else "/v1/embeddings",
+            status=503 if failed else 200,
+            finish_reason=None if failed else "stop",
+            input_tokens=i % 1000,
+            ts=TS,
+        )
+    assert em.dropped == 0
+    rows = pull.rows(n, timeout=30.0)
+    assert em.flush() and em.dropped == 0 and em.sent == n
+    assert sum(1 for r in rows if r["status"] == 503) == sum(1 for i in range(n) if i % 25 == 7)
+
+
 def test_buffer_full_drops_are_counted_and_reported(
     pull: Pull, make: Callable[..., Emitter]
 ) -> None:

@@ -104,9 +104,10 @@ class Layout:
         unit = self.unit_magnitude
         half_mag = self.sub_half_magnitude
         mask = ((1 << (half_mag + 1)) - 1) << unit
-        # bit_length(v | mask): exact through frexp because every raw value is < 2**53.
-        _, exponent = np.frexp((raw | mask).astype(np.float64))
-        bucket = exponent.astype(np.int64) - unit - (half_mag + 1)
+        # bit_length(v | mask) is the float64's biased exponent − 1022 (every raw value is
+        # < 2**53, so the conversion is exact; ``v | mask`` ≥ 1, so the float is normal).
+        exponent = ((raw | mask).astype(np.float64).view(np.int64) >> 52) - 1022
+        bucket = exponent - unit - (half_mag + 1)
         sub_bucket = raw >> (bucket + unit)
         return ((bucket + 1) << half_mag) + sub_bucket - (1 << half_mag)
 

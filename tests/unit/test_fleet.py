@@ -247,3 +247,36 @@ def test_instance_id_survives_in_the_state() -> None:
     for bad in ({"instance": "a b"}, {"instance": 7}, {}, "x"):
         with pytest.raises(StateError):
             Ledger("m:", 1.0).restore(bad)
+
+
+def test_compose_fleet_example() -> None:
+    """deploy/docker/compose.fleet.yaml: two daemons whose command lines the real CLI accepts,
+    sharing one Redis whose password is a secret file (never a URL or a command line)."""
+    from pathlib import Path
+
+    import yaml
+
+    from tests.unit.test_deploy_files import serve_config
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "deploy" / "docker" / "compose.fleet.yaml").read_text())
+    services = data["services"]
+    assert sorted(services) == ["metricsd-a", "metricsd-b", "redis"]
+    secret = data["secrets"]["redis_password"]["file"]
+    assert secret == "./redis_password.txt"
+    assert "redis_password.txt" in (root / ".gitignore").read_text()
+    ports = []
+    for name in ("metricsd-a", "metricsd-b"):
+        service = services[name]
+        assert service["secrets"] == ["redis_password"]
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        config = serve_config(service["command"], environ=service["environment"])
+        assert config.cost.budget_store == "redis://redis:6379/0"
+        password_file = config.cost.budget_store_password_file
+        assert password_file == "/run/secrets/redis_password"
+        ports.append(service["ports"][0])
+    assert ports == ["127.0.0.1:9465:9465", "127.0.0.1:9466:9465"]
+    redis = services["redis"]
+    assert redis["secrets"] == ["redis_password"]
+    assert "/run/secrets/redis_password" in " ".join(redis["entrypoint"])
+    assert "requirepass" in " ".join(redis["entrypoint"])

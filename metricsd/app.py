@@ -246,7 +246,7 @@ class Daemon:
         self._latest = self.engine.snapshot(self.clock(), time.time())
         self.runner.start()
         if self.fleet is not None:
-            self.fleet.start(lambda fn: self.runner.submit(fn))
+            self.fleet.start(lambda fn: self.runner.submit(fn), lambda: self.runner.tick_now())
         self.ready = True
         if self.config.state.path:
             self.tasks.append(asyncio.create_task(self._save_loop(), name="save"))

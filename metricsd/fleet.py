@@ -229,7 +229,10 @@ class Outbox:
         self._defs: dict[str, str] | None = None
 
     def offer(
-        self, spend: dict[str, tuple[str, int, int | None]] | None, defs: dict[str, str] | None
+        self,
+        spend: dict[str, tuple[str, int, int | None]] | None,
+        defs: dict[str, str] | None,
+        wake: bool = True,
     ) -> None:
         """Each tick: the spend each live hash should hold (None: unchanged), the budget
         definitions (None: unchanged); wakes the store thread for its round trip."""
@@ -238,7 +241,8 @@ class Outbox:
                 self._spend = spend
             if defs is not None:
                 self._defs = defs
-        self.wake.set()
+        if wake:
+            self.wake.set()
 
     def op(self, seq: int, key_id: str, encoded: str | None) -> None:
         """A budget created, changed (``encoded``) or deleted (None) on this daemon."""
@@ -295,9 +299,12 @@ class Ledger:
     """The cost tracker's link to the fleet; only the engine thread calls it (see the module
     docstring). ``tracker`` arguments are the :class:`~metricsd.trackers.cost.CostTracker`."""
 
-    def __init__(self, prefix: str, stale_after: float) -> None:
+    def __init__(self, prefix: str, stale_after: float, tick: float = 0.0) -> None:
         self.prefix = prefix
         self.stale_after = stale_after
+        #: Snapshots published between ticks (after a fleet read) do not start round trips.
+        self.min_wake = tick / 2
+        self._woke = float("-inf")
         self.instance = new_instance_id()
         self.restored = False
         self.health = Health()
@@ -359,7 +366,15 @@ class Ledger:
         if self._defs_due:
             self._defs_due = False
             defs = {k: encode_budget(b) for k, b in budgets.items()}
-        self.outbox.offer(dict(self._offered) if changed else None, defs)
+        wake = not wall - self.min_wake < self._woke <= wall
+        if wake:
+            self._woke = wall
+        self.outbox.offer(dict(self._offered) if changed else None, defs, wake)
+
+    def recompute(self) -> None:
+        """Work every budget out again at the next tick (and hand over the definitions)."""
+        self._firsts = {}
+        self._defs_due = True
 
     def local_change(self, key_id: str, budget: Budget | None) -> None:
         """A budget PUT, DELETE or configured on this daemon: written to the fleet."""
@@ -370,14 +385,15 @@ class Ledger:
 
     # --- store → engine
 
-    def apply(self, trip: RoundTrip, tracker: Any, wall: float) -> None:
+    def apply(self, trip: RoundTrip, tracker: Any, wall: float) -> bool:
         """A round trip's result: other daemons' spend (never taken lower than already seen
         for a period: spend only grows, and a Redis that is being rebuilt reads low for a
-        moment), budget definitions changed elsewhere, and freshness."""
+        moment), budget definitions changed elsewhere, and freshness. True when a budget's
+        numbers or definition changed (worth publishing a snapshot at once)."""
         _ok, read = self.health.state
         self.health.state = (True, trip.wall) if trip.ok else (False, read)
         if not trip.ok:
-            return
+            return False
         moved: set[str] = set()
         for name, (others, carry) in trip.reads.items():
             entry = self._offered.get(name)
@@ -392,8 +408,10 @@ class Ledger:
             self._view = None
             tracker.dirty = True
             tracker._check_budgets(moved, wall)
-        if trip.budgets is not None:
-            self.sync_budgets(tracker, trip.budgets, trip.keep, trip.seq, wall)
+        synced = trip.budgets is not None and self.sync_budgets(
+            tracker, trip.budgets, trip.keep, trip.seq, wall
+        )
+        return bool(moved) or synced
 
     def sync_budgets(
         self,
@@ -402,12 +420,12 @@ class Ledger:
         keep: frozenset[str],
         seq: int,
         wall: float,
-    ) -> None:
+    ) -> bool:
         """Make this daemon's budgets the fleet's. Skipped when a local change is not in Redis
         yet (a later read will include it); alert state is kept unless the limit or the
         threshold changed (as for a PUT)."""
         if seq < self.seq:
-            return
+            return False
         budgets: dict[str, Budget] = tracker.budgets
         cap = tracker.config.cost.max_budgets
         changed: set[str] = set()
@@ -423,12 +441,13 @@ class Ledger:
         for key in removed:
             del budgets[key]
         if not changed and not removed:
-            return
+            return False
         self._recheck |= changed | removed
         self._defs_due = True
         tracker._budgets_changed()
         if changed:
             tracker._check_budgets(changed, wall)
+        return True
 
     # --- views and state
 

@@ -438,7 +438,7 @@ class FleetBudgets:
         cost = config.cost
         self.config = config
         stale_after = 2 * config.engine.tick + cost.budget_store_timeout
-        self.ledger = Ledger(cost.budget_store_prefix, stale_after)
+        self.ledger = Ledger(cost.budget_store_prefix, stale_after, config.engine.tick)
         self.tracker: Any = None
         self.store: BudgetStore | None = None
         self.password: str | None = None
@@ -448,6 +448,7 @@ class FleetBudgets:
         (a daemon's config file wins when it starts, as it does over its saved state)."""
         self.tracker = tracker
         tracker.fleet = self.ledger
+        self.ledger.recompute()  # a new tracker (a state that could not be applied): all of it
         for b in self.config.cost.budgets:
             self.ledger.local_change(b.key, tracker.budgets.get(b.key))
 
@@ -462,13 +463,20 @@ class FleetBudgets:
                     f"cost.budget_store_password_file: cannot read {path}: {exc.strerror}"
                 ) from None
 
-    def start(self, submit: Callable[[Callable[[], Any]], Any]) -> None:
-        """Start the store thread; ``submit`` runs a function on the engine thread."""
+    def start(self, submit: Callable[[Callable[[], Any]], Any], publish: Callable[[], Any]) -> None:
+        """Start the store thread. ``submit`` runs a function on the engine thread;
+        ``publish`` (called there) publishes a snapshot at once: a fleet read that moved a
+        budget is shown now rather than at the next tick, so another daemon's spend shows
+        here within two ticks of being applied there."""
         cost = self.config.cost
         ledger = self.ledger
 
+        def apply(trip: RoundTrip) -> None:
+            if ledger.apply(trip, self.tracker, time.time()):
+                publish()
+
         def deliver(trip: RoundTrip) -> None:
-            submit(lambda: ledger.apply(trip, self.tracker, time.time()))
+            submit(lambda: apply(trip))
 
         where = redacted(cost.budget_store)
         self.store = BudgetStore(

@@ -91,6 +91,7 @@ def test_two_daemons_add_up_and_share_a_hard_budget(
     # Neither daemon alone reaches the threshold (0.8) or the limit; the sum crosses both.
     spend(a, "0.25", 3)  # 0.75
     spend(b, "0.3", 2)  # 0.60
+    sent = time.monotonic()
     for d, local in ((a, "0.75"), (b, "0.6")):
         view = wait(
             lambda d=d: key_view(d),
@@ -100,6 +101,9 @@ def test_two_daemons_add_up_and_share_a_hard_budget(
         status = view["budget"]
         assert (status["allowed"], status["exceeded"], status["fleet"]) == (False, True, "ok")
         assert status["local_used_usd_str"] == local and status["remaining_usd"] == -0.35
+    # Applied, written, read back by the other and published: a few ticks (0.1 s here), with
+    # room for a busy machine.
+    assert time.monotonic() - sent < 10 * TICK
     time.sleep(5 * TICK)  # more ticks: no second alert
     for d in (a, b):
         assert d.value("metricsd_budget_alerts_total", level="exceeded") == 1

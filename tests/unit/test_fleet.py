@@ -280,3 +280,24 @@ def test_compose_fleet_example() -> None:
     assert redis["secrets"] == ["redis_password"]
     assert "/run/secrets/redis_password" in " ".join(redis["entrypoint"])
     assert "requirepass" in " ".join(redis["entrypoint"])
+
+
+def test_round_trips_start_on_ticks_not_on_extra_snapshots() -> None:
+    """A fleet read that moved a budget publishes a snapshot at once; that snapshot hands its
+    values over but does not start another round trip (only ticks, half a tick apart, do)."""
+    f = Fleet()
+    f.ledger = Ledger("m:", 1.0, tick=0.5)
+    f.tracker.fleet = f.ledger
+    f.tracker.put_budget(KEY, {"limit_usd": 2}, WALL)
+    wake = f.ledger.outbox.wake
+    for now, woken in ((2.0, True), (2.01, False), (2.2, False), (2.5, True), (2.6, False)):
+        wake.clear()
+        f.tick(now)
+        assert wake.is_set() is woken, now
+    f.ledger.outbox.take()
+    f.spend("0.25", now=2.7)
+    f.tick(2.7)  # not a round trip, but the value is handed over for the next one
+    assert not wake.is_set() and f.offered()[f"m:spend:{KEY}:monthly:2026-03-01"][1] == PICO // 4
+    name = f"m:spend:{KEY}:monthly:2026-03-01"
+    assert f.ledger.apply(RoundTrip(True, WALL, {name: (5, 0)}), f.tracker, WALL) is True
+    assert f.ledger.apply(RoundTrip(True, WALL, {name: (5, 0)}), f.tracker, WALL) is False

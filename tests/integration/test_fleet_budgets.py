@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import Daemon
-from tests.integration.conftest import RedisServer
+from tests.redis_support import RedisServer, redis_server_for
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    yield from redis_server_for(tmp_path)
+
 
 KEY = "k_0123456789ab"
 TICK = 0.1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,13 @@ import pytest
 from metricsd.budgets import Budget
 from metricsd.fleet import Ledger, RoundTrip, encode_budget
 from metricsd.fleet_store import BudgetStore, connector
-from tests.integration.conftest import RedisServer
+from tests.redis_support import RedisServer, redis_server_for
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    yield from redis_server_for(tmp_path)
+
 
 KEY = "k_0123456789ab"
 H1 = f"t:spend:{KEY}:daily:2026-03-31"

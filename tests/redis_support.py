@@ -1,4 +1,5 @@
-"""A real ``redis-server`` on a free loopback port, for the fleet budget tests.
+"""A real ``redis-server`` on a free loopback port, for the fleet budget tests (a module of its
+own, not a conftest: the client's tests import ``conftest`` by that name).
 
 Skipped where Debian's ``redis-server`` is not installed (``scripts/test`` installs it when it
 runs as root, as CI does). Started without persistence, so stopping and starting it again is a
@@ -99,8 +100,8 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_server_for(tmp_path: Path) -> Iterator[RedisServer]:
+    """The body of a test module's ``redis_server`` fixture: started, then stopped."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian package redis-server)")
     pytest.importorskip("redis")

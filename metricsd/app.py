@@ -32,6 +32,7 @@ from metricsd import persist
 from metricsd.config import Config, ConfigError, split_host_port, worker_count
 from metricsd.export.otlp import OtlpPush, require_sdk
 from metricsd.export.prometheus import RenderCache, render_both
+from metricsd.fleet_store import FleetBudgets
 from metricsd.ingest import Ingest
 from metricsd.persist import Clock
 from metricsd.runner import EngineThread
@@ -118,6 +119,10 @@ class Daemon:
         cost_tracker = self.trackers.get("cost")
         if cost_tracker is not None:
             cost_tracker.on_budget_change = self._budget_changed
+        self.fleet: FleetBudgets | None = None
+        if config.cost.budget_store and cost_tracker is not None:
+            self.fleet = FleetBudgets(config)
+            self.fleet.attach(cost_tracker)
 
     # --- the Source of the web layer ------------------------------------------------------
 
@@ -155,6 +160,8 @@ class Daemon:
             out.extend(self.pool.families())
         if self.webhook is not None:
             out.extend(self.webhook.families(0.0))
+        if self.fleet is not None:
+            out.extend(self.fleet.families())
         return out
 
     async def command(self, name: str, *args: Any) -> Any:
@@ -202,6 +209,8 @@ class Daemon:
         raise_fd_limit()
         if self.config.otlp.endpoint:
             require_sdk()  # refuse to start without the extra rather than drop the push
+        if self.fleet is not None:
+            self.fleet.load_password()  # a missing file stops the start, before binding
         if self.config.state.path:
             self._restore(self.config.state.path)
         ssl_context = tls_context(self.config.http)
@@ -246,6 +255,8 @@ class Daemon:
             self.runner.pool = self.pool
             log.info("decoding in %d worker processes", workers)
         self.runner.start()
+        if self.fleet is not None:
+            self.fleet.start(lambda fn: self.runner.submit(fn), lambda: self.runner.tick_now())
         self.ready = True
         if self.config.state.path:
             self.tasks.append(asyncio.create_task(self._save_loop(), name="save"))
@@ -304,7 +315,8 @@ class Daemon:
     # --- state ----------------------------------------------------------------------------
 
     def _stateful(self) -> dict[str, Any]:
-        return {**self.trackers, "engine": self.engine}
+        fleet = {} if self.fleet is None else {"fleet": self.fleet.ledger}
+        return {**self.trackers, "engine": self.engine, **fleet}
 
     def _restore(self, path: str) -> None:
         """Load the state file if there is one; an unusable one is moved aside (SPEC §8)."""
@@ -350,6 +362,8 @@ class Daemon:
         cost = self.trackers.get("cost")
         if cost is not None:
             cost.on_budget_change = self._budget_changed
+            if self.fleet is not None:
+                self.fleet.attach(cost)
 
     def _states(self) -> dict[str, Any]:
         """Every tracker's state (on the engine thread, or when it is stopped)."""
@@ -440,6 +454,8 @@ class Daemon:
             self.runner.stop()
         if self.pool is not None:
             self.pool.stop()
+        if self.fleet is not None:  # after the engine's last tick: its last values go out
+            await asyncio.get_running_loop().run_in_executor(None, self.fleet.stop)
         drained, left = self.runner.drained
         if drained:
             log.info("applied %d frames left in the socket at shutdown", drained)

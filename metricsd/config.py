@@ -295,6 +295,15 @@ class CostConfig:
     suggestion_min_requests: int = 10
     long_prompt_tokens: int = 1024
     projection_min_seconds: float = 3600.0
+    #: Fleet budgets: ``redis://HOST:PORT/DB`` (``rediss://`` for TLS) shared by every daemon
+    #: of a fleet; empty: budgets count this daemon's spend only. See docs/operations.md.
+    budget_store: str = ""
+    #: A file holding the Redis password (never in the URL, never on the command line).
+    budget_store_password_file: str = ""
+    #: Seconds any one Redis socket operation may take (connect, send, read).
+    budget_store_timeout: float = 0.5
+    #: Prefix of every Redis key metricsd uses (several fleets can share one Redis).
+    budget_store_prefix: str = "metricsd:"
 
 
 @dataclass(frozen=True)
@@ -378,6 +387,9 @@ def _check(config: Config) -> None:
     from metricsd.budgets import check_cost_config
 
     check_cost_config(config.cost)
+    from metricsd.fleet import check_budget_store
+
+    check_budget_store(config.cost)
     positive = {
         "engine.tick": config.engine.tick,
         "engine.slot_seconds": config.engine.slot_seconds,
@@ -608,6 +620,7 @@ _ENV_SHORTCUTS: Final = {
     "token": ("auth", "token"),
     "ingest": ("ingest", "endpoints"),
     "http": ("http", "listen"),
+    "budget_store": ("cost", "budget_store"),
 }
 #: Read elsewhere: the config file's path (above), and the clients' daemon URL, which a sidecar
 #: often shares its environment with.

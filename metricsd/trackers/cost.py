@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -44,6 +44,9 @@ from metricsd.trackers.base import Ctx, add_rows
 from metricsd.trackers.cost_calc import GroupCost, Quantities, price_rows
 from metricsd.trackers.cost_state import Totals, exact_sum
 from metricsd.trackers.cost_suggest import PER_TICK, refresh
+
+if TYPE_CHECKING:
+    from metricsd.fleet import Ledger
 
 __all__ = ["ALL_KEYS", "CostTracker"]
 
@@ -78,6 +81,8 @@ class CostTracker:
         self.cache_savings: dict[str, list[int]] = {}  # model → [tokens, regular, cost, premium]
         self.batch_savings = [0, 0, 0]  # requests, regular, billed
         self.budgets: dict[str, Budget] = {}
+        #: Fleet budgets (``cost.budget_store``): budgets count every daemon's spend.
+        self.fleet: Ledger | None = None
         self._configure_budgets(cost.budgets)
         self.alerts: deque[Alert] = deque(maxlen=cost.alerts_size)
         self.alerts_sent: dict[str, int] = {"threshold": 0, "exceeded": 0}
@@ -267,10 +272,18 @@ class CostTracker:
         return self.all if key_id == ALL_KEYS else self.keys.get(key_id)
 
     def _used(self, budget: Budget, wall: float) -> tuple[int, float, float | None]:
+        local, first_day, start, resets = self._local_used(budget, wall)
+        if self.fleet is not None:
+            return self.fleet.adjust(budget, local, first_day), start, resets
+        return local, start, resets
+
+    def _local_used(
+        self, budget: Budget, wall: float
+    ) -> tuple[int, int | None, float, float | None]:
         first_day, start, resets = period_bounds(budget.period, wall, self.tz)
         totals = self._totals_for(budget.key_id)
         used = used_since(totals.days, totals.total, first_day) if totals is not None else 0
-        return used, start, resets
+        return used, first_day, start, resets
 
     def _check_budgets(self, touched: set[str], wall: float) -> None:
         if not self.budgets:
@@ -291,8 +304,13 @@ class CostTracker:
         budget = self.budgets.get(key_id)
         if budget is None:
             return None
-        used, start, resets = self._used(budget, wall)
-        return status(budget, used, start, resets)
+        if self.fleet is None:
+            used, start, resets = self._used(budget, wall)
+            return status(budget, used, start, resets)
+        local, first_day, start, resets = self._local_used(budget, wall)
+        out = status(budget, self.fleet.adjust(budget, local, first_day), start, resets)
+        out.update(self.fleet.fields(wall, local))
+        return out
 
     def put_budget(self, key_id: str, body: Any, wall: float) -> dict[str, Any]:
         """Create or update a budget from a request body; raises BudgetError on bad input."""
@@ -301,6 +319,8 @@ class CostTracker:
         if existing is None and len(self.budgets) >= self.config.cost.max_budgets:
             raise BudgetError(f"too many budgets (cost.max_budgets = {len(self.budgets)})")
         self.budgets[key_id] = apply_update(key_id, existing, fields)
+        if self.fleet is not None:
+            self.fleet.local_change(key_id, self.budgets[key_id])
         self._check_budgets({key_id}, wall)
         result = self.budget_status(key_id, wall)
         assert result is not None
@@ -310,6 +330,8 @@ class CostTracker:
     def delete_budget(self, key_id: str) -> bool:
         removed = self.budgets.pop(key_id, None) is not None
         if removed:
+            if self.fleet is not None:
+                self.fleet.local_change(key_id, None)
             self._budgets_changed()
         return removed
 
@@ -323,6 +345,8 @@ class CostTracker:
 
     def expire(self, ctx: Ctx) -> None:
         now = ctx.now
+        if self.fleet is not None:
+            self.fleet.tick(self, ctx.wall, self._changed)
         for table in (self.series, self.hist):
             if table.expire(now):
                 self.dirty = True
@@ -443,6 +467,8 @@ class CostTracker:
     def _configure_budgets(self, budgets: Any) -> None:
         for b in budgets:
             self.budgets[b.key] = apply_update(b.key, self.budgets.get(b.key), _fields(b))
+            if self.fleet is not None:
+                self.fleet.local_change(b.key, self.budgets[b.key])
 
 
 def _budget_state(b: Budget) -> dict[str, Any]:

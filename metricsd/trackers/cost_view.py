@@ -22,6 +22,7 @@ from metricsd.trackers.base import UNKNOWN
 from metricsd.trackers.cost_state import HOURS_KEPT, Totals
 
 if TYPE_CHECKING:
+    from metricsd.fleet import FleetView
     from metricsd.trackers.cost import CostTracker
 
 __all__ = ["CostView", "budget_status", "projection"]
@@ -36,15 +37,21 @@ def budget_status(
     tz: ZoneInfo,
     key_id: str,
     wall: float,
+    fleet: FleetView | None = None,
 ) -> dict[str, Any] | None:
-    """The status of SPEC §2 at ``wall`` (periods evaluated then), or None without a budget."""
+    """The status of SPEC §2 at ``wall`` (periods evaluated then), or None without a budget.
+    With a fleet, ``used_usd`` is every daemon's spend and the fleet's freshness is added."""
     budget = budgets.get(key_id)
     if budget is None:
         return None
     first_day, start, resets = period_bounds(budget.period, wall, tz)
     totals = totals_for(budget.key_id)
     used = used_since(totals.days, totals.total, first_day) if totals is not None else 0
-    return status(budget, used, start, resets)
+    if fleet is None:
+        return status(budget, used, start, resets)
+    out = status(budget, fleet.adjust(budget, used, first_day), start, resets)
+    out.update(fleet.fields(wall, used))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,7 @@ class CostView:
     budgets: dict[str, Budget]
     alerts_sent: dict[str, int]
     suggestions: dict[tuple[str, str], dict[str, Any]]
+    fleet: FleetView | None = None
 
     @classmethod
     def of(cls, t: CostTracker, keys: dict[str, Totals]) -> CostView:
@@ -93,13 +101,14 @@ class CostView:
             {k: _copy_budget(b) for k, b in t.budgets.items()},
             dict(t.alerts_sent),
             dict(t.suggestions),
+            None if t.fleet is None else t.fleet.freeze(),
         )
 
     def _totals_for(self, key_id: str) -> Totals | None:
         return self.all if key_id == ALL_KEYS else self.keys.get(key_id)
 
     def budget_status(self, key_id: str, wall: float) -> dict[str, Any] | None:
-        return budget_status(self.budgets, self._totals_for, self.tz, key_id, wall)
+        return budget_status(self.budgets, self._totals_for, self.tz, key_id, wall, self.fleet)
 
     def summary(self, now: float, wall: float) -> dict[str, Any]:
         return summary_view(self, now, wall)

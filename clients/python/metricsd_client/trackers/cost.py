@@ -75,6 +75,10 @@ class BudgetStatus:
     alert_threshold: float
     period_start: float | None = None
     resets_at: float | None = None
+    #: With fleet budgets (the daemon's ``cost.budget_store``): ``"ok"`` or ``"stale"``, and
+    #: the age of the last read of the fleet's totals; None for a daemon on its own.
+    fleet: str | None = None
+    fleet_age_seconds: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -92,6 +96,8 @@ class BudgetStatus:
             alert_threshold=float(view["alert_threshold"]),
             period_start=view.get("period_start"),
             resets_at=view.get("resets_at"),
+            fleet=view.get("fleet"),
+            fleet_age_seconds=view.get("fleet_age_seconds"),
             raw=view,
         )
 

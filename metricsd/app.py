@@ -317,11 +317,41 @@ class Daemon:
                     log.warning("state for unknown tracker %r ignored", name)
                     continue
                 target.restore(state, now)
+            self._trial()
         except persist.StateError as exc:
             self._reset()
             persist.move_aside(path, str(exc))
             return
+        except Exception as exc:  # values every check let through, yet unusable: never serve them
+            self._reset()
+            persist.move_aside(path, f"the restored state cannot be served ({type(exc).__name__})")
+            return
         log.info("state restored from %s (saved %.1f s ago)", path, gap)
+
+    def _trial(self) -> None:
+        """Build, render and read everything a restored state serves once, before serving it:
+        a value the typed reader accepted but that breaks a view would otherwise fail every
+        scrape until the file is removed by hand."""
+        wall = time.time()
+        snap = self.engine.snapshot(self.clock(), wall)
+        render_both(snap.families(), RenderCache())
+        # Every view the routes serve but /metrics/histograms, whose encoder is native code: a
+        # failure there must cost that route, not every start.
+        views: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+            ("requests", "json", ()),
+            ("requests", "summary", (300.0,)),
+            ("requests", "recent", (1000,)),
+            ("streaming", "streaming", (None,)),
+            ("errors", "errors", ()),
+            ("errors", "error_patterns", (0, False, None)),
+            ("slo", "slo", ()),
+            ("cost", "costs", ()),
+            ("cost", "budgets", (wall,)),
+            ("cost", "suggestions", (None,)),
+        )
+        for part, view, args in views:
+            if snap.part(part) is not None:
+                snap.compute(view, *args)
 
     def _reset(self) -> None:
         """After a state that could not be applied: start empty again."""

@@ -32,6 +32,7 @@ from metricsd import persist
 from metricsd.config import Config, ConfigError, split_host_port, worker_count
 from metricsd.export.otlp import OtlpPush, require_sdk
 from metricsd.export.prometheus import RenderCache, render_both
+from metricsd.export.selfmetrics import ingest_peer_families
 from metricsd.fleet_store import FleetBudgets
 from metricsd.ingest import Ingest
 from metricsd.persist import Clock
@@ -41,7 +42,14 @@ from metricsd.snapshot import Snapshot
 from metricsd.systemd import Notifier, watchdog, watchdog_interval
 from metricsd.web.app import build_app
 from metricsd.web.hub import Hub
-from metricsd.web.server import LimitedRunner, install_accept_guard, raise_fd_limit
+from metricsd.web.server import (
+    ACCEPT_BATCH,
+    LimitedRunner,
+    descriptor_budget,
+    install_accept_guard,
+    raise_fd_limit,
+    widen_backlog,
+)
 from metricsd.webhook import WebhookSender
 from metricsd.wiring import build_engine
 from metricsd.workers import WorkerPool
@@ -158,6 +166,9 @@ class Daemon:
         out = self.hub.families()
         if self.pool is not None:
             out.extend(self.pool.families())
+        gate = self.ingest.gate
+        if gate is not None:
+            out.extend(ingest_peer_families(gate.peers, gate.connections, gate.refused))
         if self.webhook is not None:
             out.extend(self.webhook.families(0.0))
         if self.fleet is not None:
@@ -206,7 +217,21 @@ class Daemon:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         check_exposure(self.config)
-        raise_fd_limit()
+        http, ingest = self.config.http, self.config.ingest
+        fd_limit = raise_fd_limit()
+        max_connections, max_peers = descriptor_budget(
+            fd_limit, http.max_connections, ingest.max_peers
+        )
+        if (max_connections, max_peers) != (http.max_connections, ingest.max_peers):
+            log.warning(
+                "the descriptor limit (%d) is too low for http.max_connections (%d) and "
+                "ingest.max_peers (%d): serving at most %d HTTP connections and %d peers",
+                fd_limit,
+                http.max_connections,
+                ingest.max_peers,
+                max_connections,
+                max_peers,
+            )
         if self.config.otlp.endpoint:
             require_sdk()  # refuse to start without the extra rather than drop the push
         if self.fleet is not None:
@@ -216,9 +241,12 @@ class Daemon:
         ssl_context = tls_context(self.config.http)
         self.curve = IngestCurve.from_config(self.config.ingest)
         before_bind = None
+        key_check = None
         if self.curve is not None:
-            self.curve.start(self.context)
             before_bind = partial(self.curve.before_bind, self.ingest.socket)
+            if self.curve.client_keys:
+                key_check = self.curve.allows
+        self.ingest.guard(max_peers, key_check)
         endpoints = self.ingest.bind(before_bind)
         secured = [e for e in endpoints if not is_local_endpoint(e)] if self.curve else []
         if secured:
@@ -226,25 +254,33 @@ class Daemon:
         host, port = split_host_port(self.config.http.listen)
         if self.config.auth.token and ssl_context is None and not is_loopback(host):
             log.warning("the bearer token crosses the network in clear text: serve TLS")
-        http = self.config.http
         app = build_app(
             self,
             self.config.auth.token,
             http.max_body_bytes,
             host_check=is_loopback(host) and not self.config.auth.token,
+            request_timeout=http.request_timeout,
         )
         app.router.add_get("/metrics/stream", self.hub.handle)
         install_accept_guard(asyncio.get_running_loop())
         self.app_runner = LimitedRunner(
             app,
-            max_connections=http.max_connections,
+            max_connections=max_connections,
             request_timeout=http.request_timeout,
             access_log=None,
             handle_signals=False,
         )
         await self.app_runner.setup()
-        site = web.TCPSite(self.app_runner, host, port, reuse_address=True, ssl_context=ssl_context)
+        site = web.TCPSite(
+            self.app_runner,
+            host,
+            port,
+            reuse_address=True,
+            ssl_context=ssl_context,
+            backlog=ACCEPT_BATCH,
+        )
         await site.start()
+        widen_backlog(getattr(site._server, "sockets", None) or [], self.app_runner.backlog)
         bound = self._bound_address(site, host, port)
         self.http_url = f"{'https' if ssl_context else 'http'}://{bound}"
         self._latest = self.engine.snapshot(self.clock(), time.time())
@@ -339,11 +375,41 @@ class Daemon:
                     log.warning("state for unknown tracker %r ignored", name)
                     continue
                 target.restore(state, now)
+            self._trial()
         except persist.StateError as exc:
             self._reset()
             persist.move_aside(path, str(exc))
             return
+        except Exception as exc:  # values every check let through, yet unusable: never serve them
+            self._reset()
+            persist.move_aside(path, f"the restored state cannot be served ({type(exc).__name__})")
+            return
         log.info("state restored from %s (saved %.1f s ago)", path, gap)
+
+    def _trial(self) -> None:
+        """Build, render and read everything a restored state serves once, before serving it:
+        a value the typed reader accepted but that breaks a view would otherwise fail every
+        scrape until the file is removed by hand."""
+        wall = time.time()
+        snap = self.engine.snapshot(self.clock(), wall)
+        render_both(snap.families(), RenderCache())
+        # Every view the routes serve but /metrics/histograms, whose encoder is native code: a
+        # failure there must cost that route, not every start.
+        views: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+            ("requests", "json", ()),
+            ("requests", "summary", (300.0,)),
+            ("requests", "recent", (1000,)),
+            ("streaming", "streaming", (None,)),
+            ("errors", "errors", ()),
+            ("errors", "error_patterns", (0, False, None)),
+            ("slo", "slo", ()),
+            ("cost", "costs", ()),
+            ("cost", "budgets", (wall,)),
+            ("cost", "suggestions", (None,)),
+        )
+        for part, view, args in views:
+            if snap.part(part) is not None:
+                snap.compute(view, *args)
 
     def _reset(self) -> None:
         """After a state that could not be applied: start empty again."""
@@ -478,9 +544,7 @@ class Daemon:
             await self.webhook.close()
         if self.app_runner is not None:
             await self.app_runner.cleanup()
-        self.ingest.close()
-        if self.curve is not None:
-            self.curve.stop()
+        self.ingest.close()  # and its ZAP handler
         self.context.term()
         self._reads.shutdown(wait=False, cancel_futures=True)
         self._render.shutdown(wait=False, cancel_futures=True)

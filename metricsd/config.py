@@ -126,6 +126,8 @@ class IngestConfig:
     handshake_timeout: float = 5.0
     #: ZeroMQ heartbeat interval (0: off); a peer silent for three intervals is dropped.
     heartbeat: float = 10.0
+    #: ZeroMQ connections (all endpoints together) beyond which a new peer is refused; 0: no cap.
+    max_peers: int = 1024
     #: File mode of ipc:// sockets, whatever the umask (0660: the service's group may connect).
     ipc_mode: int = 0o660
     #: CURVE secret key file (``metricsd keygen``): encrypts the non-loopback tcp:// endpoints.
@@ -427,6 +429,10 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{path}: must be ≥ 1, got {ivalue!r}")
     if config.ingest.heartbeat < 0:
         raise ConfigError(f"ingest.heartbeat: must be ≥ 0, got {config.ingest.heartbeat!r}")
+    if config.ingest.max_peers < 0:
+        raise ConfigError(
+            f"ingest.max_peers: must be ≥ 0 (0: no cap), got {config.ingest.max_peers!r}"
+        )
     if not 0 <= config.ingest.ipc_mode <= 0o777:
         raise ConfigError(
             f"ingest.ipc_mode: must be a file mode (0 to 0o777), got {config.ingest.ipc_mode!r}"

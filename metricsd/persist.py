@@ -60,6 +60,8 @@ FORMAT_VERSION: Final = 2
 _DTYPES: Final = frozenset({"<f8", "<i8", "<u8", "<i4", "<u4", "|u1", "|b1", "|i1"})
 #: Upper bound of any array or list read (elements): far above any configured cap.
 MAX_ITEMS: Final = 1 << 28
+#: The largest value of an int64 (for integers that go into int64 arrays or indices).
+INT64_MAX: Final = (1 << 63) - 1
 
 
 class StateError(Exception):
@@ -265,7 +267,9 @@ class Reader:
             raise self.fail("not a list (or too long)", path)
         return value
 
-    def int(self, value: Any, path: str, lo: int | None = None) -> int:
+    def int(self, value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
+        """An integer in [lo, hi] (``hi``: for values that go into int64 arrays or indices;
+        totals such as money may exceed 64 bits)."""
         if isinstance(value, dict) and set(value) == {"int"} and isinstance(value["int"], str):
             try:
                 value = int(value["int"])
@@ -275,17 +279,24 @@ class Reader:
             raise self.fail("not an integer", path)
         if lo is not None and value < lo:
             raise self.fail(f"below {lo}", path)
+        if hi is not None and value > hi:
+            raise self.fail(f"above {hi}", path)
         return value
 
-    def float(self, value: Any, path: str) -> float:
+    def float(self, value: Any, path: str, finite: bool = True) -> float:
+        """A number; NaN and infinities only where ``finite`` is False (no saved single
+        number is one: a NaN time or offset would fail every later computation)."""
         if isinstance(value, dict) and set(value) == {"float"}:
             text = value["float"]
             if text not in ("inf", "-inf", "nan"):
                 raise self.fail("not a number", path)
-            return float(text)
+            value = float(text)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail("not a number", path)
-        return float(value)
+        number = float(value)
+        if finite and not math.isfinite(number):
+            raise self.fail("not a finite number", path)
+        return number
 
     def opt_float(self, value: Any, path: builtins.str) -> builtins.float | None:
         return None if value is None else self.float(value, path)
@@ -321,9 +332,11 @@ class Reader:
         dtype: Any,
         tail: tuple[builtins.int, ...] = (),
         exact: builtins.bool = False,
+        finite: builtins.bool = False,
     ) -> npt.NDArray[Any]:
         """A numeric array of the given dtype and trailing shape (Python-int arrays are
-        allowed where ``exact`` integers may exceed int64)."""
+        allowed where ``exact`` integers may exceed int64; ``finite``: no NaN or infinity,
+        for arrays where neither can mean anything, such as counts)."""
         m = self.map(value, path)
         shape_raw = self.list(m.get("shape"), f"{path}.shape", 4)
         shape = tuple(self.int(d, f"{path}.shape", 0) for d in shape_raw)
@@ -360,16 +373,22 @@ class Reader:
             raise self.fail("not an integer array", path)
         if want.kind == "b" and dt.kind != "b":
             raise self.fail("not a boolean array", path)
+        if finite and dt.kind == "f" and not np.isfinite(arr).all():
+            raise self.fail("not finite", path)
+        if want.kind in "iu" and dt.kind in "iu" and arr.size:
+            info = np.iinfo(want)
+            if int(arr.min()) < info.min or int(arr.max()) > info.max:
+                raise self.fail(f"values out of the {want} range", path)
         return arr.astype(want)
 
     def keys(
         self, value: Any, path: builtins.str, arity: builtins.int
     ) -> builtins.list[tuple[Any, ...]]:
-        """Label tuples: lists of ``arity`` strings (None allowed)."""
+        """Label tuples: lists of ``arity`` strings (every label of a series has a value)."""
         out = []
         for i, key in enumerate(self.list(value, path)):
             items = self.list(key, f"{path}[{i}]", arity)
             if len(items) != arity:
                 raise self.fail(f"a key of {len(items)} labels, not {arity}", path)
-            out.append(tuple(None if v is None else self.str(v, path, 4096) for v in items))
+            out.append(tuple(self.str(v, path, 4096) for v in items))
         return out

@@ -9,8 +9,10 @@ CURVE is applied per endpoint: ZeroMQ copies the socket's security options into 
 it binds, so :meth:`IngestCurve.before_bind` switches CURVE on before a non-loopback endpoint is
 bound and off before a local one. Emitters on the same host keep working unchanged.
 
-With ``ingest.curve_client_keys`` set, a ZAP handler also checks each emitter's public key against
-that list; without it, any emitter that has the server's public key may connect.
+With ``ingest.curve_client_keys`` set, the ingest socket's ZAP handler
+(:class:`metricsd.ingest.PeerGate`, which also caps connected peers) checks each emitter's public
+key against that list with :meth:`IngestCurve.allows`; without it, any emitter that has the
+server's public key may connect.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import zmq
-import zmq.asyncio
-from zmq.auth.asyncio import AsyncioAuthenticator
 
 from metricsd.config import Config, ConfigError, HttpConfig, IngestConfig
 
@@ -153,7 +153,6 @@ class IngestCurve:
         self.public = public
         self.secret = secret
         self.client_keys = frozenset(k.encode() for k in client_keys)
-        self.authenticator: AsyncioAuthenticator | None = None
 
     @classmethod
     def from_config(cls, config: IngestConfig) -> IngestCurve | None:
@@ -162,16 +161,7 @@ class IngestCurve:
         public, secret = load_curve_secret(config.curve_secret_key_file)
         return cls(public, secret, config.curve_client_keys)
 
-    def start(self, context: zmq.asyncio.Context) -> None:
-        """Start the ZAP handler (before binding, so no emitter is ever let in unchecked)."""
-        if not self.client_keys:
-            return
-        auth = AsyncioAuthenticator(context, log=logging.getLogger("metricsd.zap"))
-        auth.start()
-        auth.configure_curve_callback(ZAP_DOMAIN.decode(), self)
-        self.authenticator = auth
-
-    def callback(self, _domain: str, key: bytes) -> bool:
+    def allows(self, key: bytes) -> bool:
         """ZAP: is this emitter's public key (Z85) one of ``ingest.curve_client_keys``?"""
         allowed = key in self.client_keys
         if not allowed:
@@ -180,19 +170,13 @@ class IngestCurve:
 
     def before_bind(self, sock: zmq.Socket[Any], endpoint: str) -> None:
         if is_local_endpoint(endpoint):
-            # Back to the NULL mechanism. A ZAP domain left from an earlier CURVE endpoint only
-            # sends these connections through the handler, which lets NULL ones in.
+            # Back to the NULL mechanism (the ZAP handler lets NULL peers in up to the cap).
             sock.setsockopt(zmq.CURVE_SERVER, 0)
             return
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
-
-    def stop(self) -> None:
-        if self.authenticator is not None:
-            self.authenticator.stop()
-            self.authenticator = None
 
 
 def write_keypair(path: str | None) -> str:

@@ -274,7 +274,7 @@ class SeriesTable:
         r = reader
         m = r.map(state, self.name)
         keys = r.keys(m.get("keys"), f"{self.name}.keys", self.arity)
-        seen = r.array(m.get("last_seen"), f"{self.name}.last_seen", np.float64)
+        seen = r.array(m.get("last_seen"), f"{self.name}.last_seen", np.float64, finite=True)
         if len(seen) != len(keys):
             raise r.fail("keys and last_seen differ in length", self.name)
         arrays = r.map(m.get("arrays"), f"{self.name}.arrays")

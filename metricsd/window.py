@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from metricsd.hist import Layout, exact_sums, exact_value, exact_values, group_quantiles
+from metricsd.persist import INT64_MAX
 
 __all__ = [
     "CounterLog",
@@ -47,6 +48,10 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+#: Observations one slot of a saved histogram may hold (2**53: far beyond any traffic). The
+#: HDR histograms a window is merged into count in int64: a window of a few dozen slots at this
+#: bound still fits, where a hostile file's counts near 2**64 made the HDR encoder corrupt memory.
+MAX_SLOT_COUNT: Final = 1 << 53
 _SHIFT: Final = np.uint64(32)
 _LOW32: Final = np.uint64(0xFFFFFFFF)
 _MAX_CHUNKS: Final = 16  # open chunks of a histogram slot before they are merged
@@ -243,11 +248,11 @@ def _remapped(
 def _load_sparse(s: Any, remap: npt.NDArray[np.intp], fields: int, r: Any, path: str) -> _Sparse:
     m = r.map(s, path)
     ids = _remapped(r.array(m.get("ids"), f"{path}.ids", np.int64), remap, r, path)
-    values = r.array(m.get("values"), f"{path}.values", np.float64, (fields,))
+    values = r.array(m.get("values"), f"{path}.values", np.float64, (fields,), finite=True)
     if len(values) != len(ids):
         raise r.fail("ids and values differ in length", path)
     ok = ids >= 0
-    return _Sparse(r.int(m.get("index"), f"{path}.index"), ids[ok], values[ok])
+    return _Sparse(r.int(m.get("index"), f"{path}.index", hi=INT64_MAX), ids[ok], values[ok])
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +578,8 @@ def _load_hist(s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: s
     counts = r.array(m.get("counts"), f"{path}.counts", np.uint64)
     if not len(rows) == len(buckets) == len(counts):
         raise r.fail("bucket columns differ in length", path)
+    if counts.size and int(counts.sum(dtype=object)) > MAX_SLOT_COUNT:
+        raise r.fail("more observations than a slot can hold", path)
     if buckets.size and (int(buckets.min()) < 0 or int(buckets.max()) >= length):
         raise r.fail("a bucket index out of range", path)
     ok = rows >= 0
@@ -585,9 +592,13 @@ def _load_hist(s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: s
     hi = r.array(m.get("hi"), f"{path}.hi", np.float64)
     if not len(ids) == len(count) == len(total) == len(lo) == len(hi):
         raise r.fail("stat columns differ in length", path)
+    if count.size and (int(count.min()) < 0 or int(count.max()) > MAX_SLOT_COUNT):
+        raise r.fail("a count out of range", path)
+    if np.isnan(lo).any() or np.isnan(hi).any():
+        raise r.fail("a NaN minimum or maximum", path)
     fine = ids >= 0
     return _HistSlot(
-        r.int(m.get("index"), f"{path}.index"),
+        r.int(m.get("index"), f"{path}.index", hi=INT64_MAX),
         keys[order],
         counts[ok][order],
         ids[fine],

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,19 @@ class Daemon:
         return self.proc.returncode
 
 
-def start_daemon(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
+def start_daemon(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    wrapper: Sequence[str] = (),
+) -> Daemon:
+    """``preexec_fn`` runs in the child before the daemon (e.g. a resource limit);
+    ``wrapper`` is a command the daemon runs under (e.g. ``setpriv`` to drop capabilities)."""
     ready = tmp_path / f"ready-{time.monotonic_ns()}.json"
     log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
     cmd = [
+        *wrapper,
         sys.executable,
         "-m",
         "metricsd",
@@ -142,7 +151,9 @@ def start_daemon(tmp_path: Path, *args: str, env: dict[str, str] | None = None) 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("METRICSD_")}
     full_env.update(env or {})
     log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, preexec_fn=preexec_fn
+    )
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if ready.exists():
@@ -168,8 +179,8 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[Daemon] = []
 
-    def factory(*args: str, env: dict[str, str] | None = None) -> Daemon:
-        d = start_daemon(tmp_path, *args, env=env)
+    def factory(*args: str, **kw: Any) -> Daemon:
+        d = start_daemon(tmp_path, *args, **kw)
         started.append(d)
         return d
 

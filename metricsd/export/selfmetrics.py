@@ -96,6 +96,31 @@ def ws_families(clients: int, dropped: int, broadcast: float, render: float) -> 
     return [ws, ws_dropped, ws_cycle, ws_render]
 
 
+def ingest_peer_families(peers: int, connections: int, refused: dict[str, int]) -> list[Family]:
+    """The ingest socket's peers (counted by its ZAP handler, on the serving side)."""
+    admitted = Family(
+        "metricsd_ingest_peers",
+        "gauge",
+        "ZeroMQ peers connected to the ingest endpoints (what ingest.max_peers caps).",
+    )
+    admitted.add(peers)
+    open_ = Family(
+        "metricsd_ingest_connections",
+        "gauge",
+        "ZeroMQ connections open: peers, connections in their handshake, refused ones held.",
+    )
+    open_.add(connections)
+    refusals = Family(
+        "metricsd_ingest_peers_refused",
+        "counter",
+        "ZeroMQ connections refused: max_peers (ingest.max_peers reached), curve_key (a CURVE "
+        "key not in ingest.curve_client_keys).",
+    )
+    for reason in sorted(refused):
+        refusals.counter(refused[reason], (("reason", reason),))
+    return [admitted, open_, refusals]
+
+
 def process_families() -> list[Family]:
     """The process collector: CPU seconds, resident memory, open file descriptors."""
     out: list[Family] = []

@@ -197,7 +197,7 @@ class Totals:
             got = UsageRing()
             got.idx = r.array(u.get("idx"), f"{path}.usage.idx", np.int64)
             got.data = r.array(
-                u.get("data"), f"{path}.usage.data", np.float64, (len(USAGE_FIELDS),)
+                u.get("data"), f"{path}.usage.data", np.float64, (len(USAGE_FIELDS),), finite=True
             )
             if len(got.idx) != USAGE_DAYS or len(got.data) != USAGE_DAYS:
                 raise r.fail("a usage ring of the wrong size", path)

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from metricsd.batch import Cat
+from metricsd.persist import INT64_MAX
 
 __all__ = ["RecentRing", "newest"]
 
@@ -118,8 +119,8 @@ class RecentRing:
             endpoints.append(r.str(row.get("endpoint"), "recent.endpoint"))
             value = r.opt_float(row.get("latency_ms"), "recent.latency_ms")
             latency.append(np.nan if value is None else value)
-            tokens.append(r.int(row.get("tokens"), "recent.tokens"))
-            status.append(r.int(row.get("status"), "recent.status"))
+            tokens.append(r.int(row.get("tokens"), "recent.tokens", 0, INT64_MAX))
+            status.append(r.int(row.get("status"), "recent.status", 0, INT64_MAX))
             error = r.opt_str(row.get("error"), "recent.error")
             if error is not None:
                 errors[i] = error

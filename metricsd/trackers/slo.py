@@ -36,6 +36,7 @@ import numpy.typing as npt
 from metricsd.batch import Batch
 from metricsd.config import Config, SloConfig
 from metricsd.outcomes import status_column
+from metricsd.persist import INT64_MAX
 from metricsd.series import SeriesTable
 from metricsd.trackers.base import Ctx
 from metricsd.window import CounterLog, Geometry
@@ -390,7 +391,7 @@ def _ring_load(ring: CountRing, value: Any, r: Any, path: str) -> None:
     m = r.map(value, path)
     counts = r.array(m.get("counts"), f"{path}.counts", np.int64, (2,))
     head = m.get("head")
-    ring.head = None if head is None else r.int(head, f"{path}.head")
+    ring.head = None if head is None else r.int(head, f"{path}.head", 0, INT64_MAX)
     if len(counts) != len(ring.counts):
         raise r.fail(f"{len(counts)} slots, not {len(ring.counts)}", path)
     ring.counts[:] = counts

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from metricsd.persist import INT64_MAX
+
 __all__ = ["Interner", "StreamTable", "TokenUpdate", "ms"]
 
 F64 = npt.NDArray[np.float64]
@@ -247,7 +249,7 @@ class StreamTable:
             self.model[slot] = self.models.code(models[i])
             for name, column in columns.items():
                 getattr(self, name)[slot] = column[i]
-        self.order_seq = r.int(m.get("order_seq"), "table.order_seq", 0)
+        self.order_seq = r.int(m.get("order_seq"), "table.order_seq", 0, INT64_MAX)
 
     def lookup(self, ids: Any, n: int) -> I64:
         """Slot per row, −1 for an unknown stream id (a dict lookup per distinct id)."""

@@ -27,6 +27,7 @@ from metricsd.snapshot import Snapshot
 from metricsd.web.source import Source
 
 __all__ = [
+    "BODY_TIMEOUT",
     "SOURCE",
     "bearer",
     "build_app",
@@ -43,6 +44,8 @@ log = logging.getLogger("metricsd.http")
 SOURCE: web.AppKey[Source] = web.AppKey("source", object)  # type: ignore[arg-type]
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 HOST_CHECK: web.AppKey[bool] = web.AppKey("host_check", bool)
+#: Seconds a request body may take to arrive (``http.request_timeout``).
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout", float)
 
 #: Routes that never need the token: health checks, and the dashboard's static files (they hold
 #: no data; the page's WebSocket needs the token, which the page takes from its own ?token=).
@@ -228,10 +231,14 @@ def _static(name: str, content_type: str) -> Handler:
 
 
 def build_app(
-    source: Source, token: str, max_body: int, host_check: bool = False
+    source: Source,
+    token: str,
+    max_body: int,
+    host_check: bool = False,
+    request_timeout: float = 15.0,
 ) -> web.Application:
     """The application. ``host_check``: refuse requests whose ``Host`` is not a loopback name
-    (for a loopback bind without a token)."""
+    (for a loopback bind without a token); ``request_timeout``: how long a body may take."""
     from metricsd.web.routes import add_routes
     from metricsd.web.routes_cost import add_routes as add_cost_routes
 
@@ -242,6 +249,7 @@ def build_app(
     app[SOURCE] = source
     app[TOKEN] = token
     app[HOST_CHECK] = host_check
+    app[BODY_TIMEOUT] = request_timeout
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/dashboard", _static("index.html", "text/html; charset=utf-8"))

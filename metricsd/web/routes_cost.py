@@ -9,6 +9,7 @@ that shows them is published.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -18,7 +19,14 @@ from aiohttp import web
 
 from metricsd.budgets import BudgetError
 from metricsd.keys import hash_key
-from metricsd.web.app import SOURCE, error_response, json_response, snapshot, view_response
+from metricsd.web.app import (
+    BODY_TIMEOUT,
+    SOURCE,
+    error_response,
+    json_response,
+    snapshot,
+    view_response,
+)
 
 __all__ = ["ALL_KEYS", "add_routes", "key_id_of"]
 
@@ -83,7 +91,20 @@ async def get_budget(request: web.Request) -> web.Response:
 async def put_budget(request: web.Request) -> web.Response:
     key_id = _key(request)
     _cost_part(request)
-    raw = await request.read()  # over http.max_body_bytes: 413 from the error middleware
+    try:
+        # A body trickled in slowly would hold the connection (and a handler) for ever: it must
+        # arrive within http.request_timeout, like the request line and headers.
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            raw = await request.read()  # over http.max_body_bytes: 413 from the error middleware
+    except TimeoutError:
+        # Answered and closed here: otherwise aiohttp would keep reading the rest of the body
+        # for its lingering time before closing.
+        response = error_response(408, "the request body did not arrive in time")
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+        return response
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from tests.conftest import Daemon
 from tests.conftest import stalled_client as stalled_client  # re-exported for the scenarios
@@ -194,3 +198,110 @@ def wide_updates(d: Daemon) -> None:
         and time.monotonic() < deadline
     ):
         time.sleep(0.05)
+
+
+# --- raw wire helpers ------------------------------------------------------------------------
+
+
+def http_address(d: Daemon) -> tuple[str, int]:
+    url = urlsplit(d.http)
+    assert url.hostname is not None and url.port is not None
+    return url.hostname, url.port
+
+
+def ingest_address(d: Daemon) -> tuple[str, int]:
+    host, _, port = d.ingest[0].removeprefix("tcp://").rpartition(":")
+    return host, int(port)
+
+
+def raw_exchange(d: Daemon, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a new HTTP connection; the response, once it is complete (its head
+    and ``Content-Length`` bytes of body; a 101 has none), or what came until the daemon
+    closed the connection or the timeout."""
+    with socket.create_connection(http_address(d), timeout=timeout) as sock:
+        sock.sendall(data)
+        reply = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+                if _complete(reply):
+                    break
+    return reply
+
+
+def _complete(reply: bytes) -> bool:
+    head, found, body = reply.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    if status_of(head) == 101:
+        return True
+    match = re.search(rb"^content-length:\s*(\d+)\s*$", head, re.IGNORECASE | re.MULTILINE)
+    return match is not None and len(body) >= int(match.group(1))
+
+
+def status_of(reply: bytes) -> int:
+    """The status code of a raw HTTP reply (0 when there is none)."""
+    line = reply.split(b"\r\n", 1)[0].split()
+    return int(line[1]) if len(line) >= 2 and line[1].isdigit() else 0
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Read (and drop) what the other side sends until it closes the connection: True if it
+    did within ``timeout`` seconds."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def exposition(d: Daemon) -> str:
+    status, _, body = d.request("/metrics")
+    assert status == 200, status
+    return body.decode()
+
+
+def sample_lines(text: str, name: str) -> list[str]:
+    """The sample lines of one metric name (``name{…} value`` or ``name value``)."""
+    return [line for line in text.splitlines() if line.split("{", 1)[0].split(" ", 1)[0] == name]
+
+
+# ZMTP 3.0 (rfc.zeromq.org/spec/23), just enough to be a PUSH peer by hand: the greeting, the
+# NULL mechanism's READY command, and a message frame's header.
+
+
+def zmtp_greeting() -> bytes:
+    return b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+
+
+def zmtp_ready(socket_type: bytes = b"PUSH") -> bytes:
+    name = b"Socket-Type"
+    body = b"\x05READY" + bytes([len(name)]) + name + struct.pack(">I", len(socket_type))
+    body += socket_type
+    return bytes([0x04, len(body)]) + body
+
+
+def zmtp_frame_header(size: int) -> bytes:
+    """A final (not "more") message frame of ``size`` bytes: short or long form."""
+    if size < 256:
+        return bytes([0x00, size])
+    return b"\x02" + struct.pack(">Q", size)
+
+
+def zmtp_peer(d: Daemon, timeout: float = 5.0) -> socket.socket:
+    """A raw TCP connection to the ingest endpoint that has sent its greeting and READY and
+    read the daemon's greeting."""
+    sock = socket.create_connection(ingest_address(d), timeout=timeout)
+    sock.sendall(zmtp_greeting())
+    greeting = b""
+    while len(greeting) < 64:
+        chunk = sock.recv(64 - len(greeting))
+        assert chunk, "the daemon closed the connection during the greeting"
+        greeting += chunk
+    assert greeting[0] == 0xFF and greeting[9] == 0x7F and greeting[10] == 3, greeting
+    sock.sendall(zmtp_ready())
+    return sock

@@ -222,3 +222,29 @@ def test_move_aside(tmp_path: Path) -> None:
     target = persist.move_aside(path, "test")
     assert not path.exists() and target.read_bytes() == b"junk"
     assert target.name.startswith("state.bin.corrupt-")
+
+
+def test_reader_refuses_values_no_state_can_hold() -> None:
+    """Well-typed values that the daemon used to load and then fail on in every scrape."""
+    import numpy as np
+
+    r = persist.Reader("t")
+    for bad in (float("nan"), float("inf"), {"float": "nan"}, {"float": "-inf"}):
+        with pytest.raises(persist.StateError, match="finite"):
+            r.float(bad, "x")
+    assert r.float({"float": "inf"}, "x", finite=False) == float("inf")
+    assert r.int({"int": str(2**70)}, "x") == 2**70  # totals may exceed 64 bits
+    with pytest.raises(persist.StateError, match="above"):
+        r.int({"int": str(2**70)}, "x", 0, persist.INT64_MAX)
+    with pytest.raises(persist.StateError, match="not a string"):
+        r.keys([["openai", None, "gpt-4o"]], "keys", 3)
+    nan = {"dtype": "<f8", "shape": [2], "data": np.array([1.0, np.nan]).tobytes()}
+    assert r.array(nan, "a", np.float64).shape == (2,)  # min/max arrays hold infinities
+    with pytest.raises(persist.StateError, match="not finite"):
+        r.array(nan, "a", np.float64, finite=True)
+    big = {"dtype": "<u8", "shape": [1], "data": np.array([2**63], dtype="<u8").tobytes()}
+    with pytest.raises(persist.StateError, match="out of the int64 range"):
+        r.array(big, "a", np.int64)
+    negative = {"dtype": "<i8", "shape": [1], "data": np.array([-1]).tobytes()}
+    with pytest.raises(persist.StateError, match="out of the uint64 range"):
+        r.array(negative, "a", np.uint64)

@@ -47,6 +47,11 @@ def main() -> None:
 @click.option("--ready-file", "ready_file", help="Write the bound addresses as JSON once ready.")
 @click.option("--tls-cert", "tls_cert", help="PEM certificate chain: serve HTTPS.")
 @click.option("--tls-key", "tls_key", help="PEM private key of --tls-cert.")
+@click.option(
+    "--workers",
+    "workers",
+    help="Decode processes: a count, or 'auto' for one per core (default 1: no extra process).",
+)
 def serve(
     config_path: str | None,
     http: str | None,
@@ -61,6 +66,7 @@ def serve(
     ready_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    workers: str | None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     overrides: dict[str, Any] = {}
@@ -80,6 +86,7 @@ def serve(
     put("demo", "enabled", demo)
     put("http", "tls_cert", tls_cert)
     put("http", "tls_key", tls_key)
+    put("engine", "workers", workers)
     if ready_file is not None:
         overrides["ready_file"] = ready_file
     try:
@@ -247,7 +254,9 @@ def tail(
     "--shape",
     "shapes",
     multiple=True,
-    type=click.Choice(["columnar", "typed", "array64", "single", "tokens"]),
+    type=click.Choice(
+        ["emitter-mixed", "cols-mixed", "columnar", "typed", "array64", "single", "tokens"]
+    ),
     help="Frame shapes to run (repeatable; default: all).",
 )
 @click.option(
@@ -257,6 +266,20 @@ def tail(
     show_default=True,
     help="Multiply the number of frames (0.1 for a quick run).",
 )
+@click.option(
+    "--series",
+    "series",
+    type=click.IntRange(min=1),
+    help="After the shapes, start a fresh daemon holding N series and measure scrape and JSON "
+    "route latency, RSS and CPU (never on --target; with --json the output becomes "
+    '{"shapes": [...], "series": {...}}).',
+)
+@click.option(
+    "--liveness",
+    is_flag=True,
+    help="Instead of the shapes: /healthz and scrape latency with ingest saturated, a burst of "
+    "new labels, SIGTERM under load (fresh daemons; as benchmarks/bench_liveness.py).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(
     target: str | None,
@@ -264,19 +287,58 @@ def bench(
     token: str | None,
     shapes: tuple[str, ...],
     scale: float,
+    series: int | None,
+    liveness: bool,
     as_json: bool,
 ) -> None:
     """Events/s per frame shape through the daemon, beside the transport ceiling."""
-    from metricsd.bench import SHAPES, format_table, run_bench
+    from metricsd.bench import (
+        SHAPES,
+        BenchError,
+        exit_on_sigterm,
+        format_liveness,
+        format_series,
+        format_table,
+        run_bench,
+        run_liveness,
+        run_series,
+    )
 
     if (target is None) != (target_ingest is None):
         _fail("--target and --target-ingest go together")
-    chosen = list(shapes) or list(SHAPES)
-    rows = run_bench(
-        chosen,
-        scale=scale,
-        target=(target.rstrip("/"), target_ingest) if target and target_ingest else None,
-        token=token,
-        progress=lambda m: click.echo(m, err=True),
-    )
-    click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
+    if liveness and (target or shapes or series):
+        _fail("--liveness starts its own daemons: no --target, --shape or --series")
+
+    def progress(message: str) -> None:
+        click.echo(message, err=True)
+
+    exit_on_sigterm()  # stop the run's daemons and helper processes on SIGTERM too
+
+    try:
+        if liveness:
+            result = run_liveness(progress=progress)
+            click.echo(json.dumps(result, indent=2) if as_json else format_liveness(result))
+            return
+        chosen = list(shapes) or list(SHAPES)
+        rows = run_bench(
+            chosen,
+            scale=scale,
+            target=(target.rstrip("/"), target_ingest) if target and target_ingest else None,
+            token=token,
+            progress=progress,
+        )
+        if not as_json:
+            click.echo(format_table(rows))
+        if series is None:
+            if as_json:
+                click.echo(json.dumps(rows, indent=2))
+            return
+        measured = run_series(series, progress=progress)
+    except BenchError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps({"shapes": rows, "series": measured}, indent=2))
+    else:
+        click.echo()
+        click.echo(format_series(measured))

@@ -147,12 +147,115 @@ def parse_value(text: str) -> Any:
         return text
 
 
+#: What a value of each schema kind must be, for ``emit``'s error messages.
+_KIND_TEXT: dict[str, str] = {
+    "float": "a finite number",
+    "nnfloat": "a finite number ≥ 0",
+    "count": "an integer ≥ 0",
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+    "longstr": "a string",
+    "text": "a string",
+    "enum": "one of {choices}",
+    "name": "a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+    "labels": 'a JSON object of at most 8 string labels, e.g. \'labels={"k":"v"}\'',
+    "images": 'a JSON object {"size", "quality", "n"}',
+}
+_PLACEHOLDER: dict[str, Any] = {
+    "float": 0.0,
+    "nnfloat": 0.0,
+    "count": 0,
+    "int": 0,
+    "bool": False,
+    "str": "x",
+    "longstr": "x",
+    "text": "x",
+    "name": "x",
+}
+
+
+def check_event(event: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """Validate ``event`` with the daemon's own decoder (:func:`metricsd.protocol.decode`).
+
+    Returns (the reason the daemon would reject it, e.g. ``missing_field duration_ms``, or None)
+    and warnings (fields the daemon ignores, strings it would truncate). The decoder counts a
+    reason only; the field is found here by checking the event against the schema."""
+    import msgpack
+
+    from metricsd.protocol import decode
+    from metricsd.schema import EVENT_TYPES
+
+    def rejected(candidate: dict[str, Any]) -> tuple[str | None, int]:
+        result = decode(msgpack.packb(candidate), time.time())
+        reasons = sorted(result.rejected)
+        return (reasons[0] if reasons else None), result.truncated
+
+    type_name = event.get("type")
+    fields = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
+    warnings: list[str] = []
+    if fields is not None:
+        unknown = sorted(k for k in event if k not in fields and k not in ("type", "v"))
+        warnings += [
+            f"{k}: not a field of {type_name} events; the daemon ignores it" for k in unknown
+        ]
+    try:
+        reason, truncated = rejected(event)
+    except (TypeError, ValueError) as exc:  # not representable in msgpack
+        return f"shape ({exc})", warnings
+    if truncated:
+        warnings.append(f"{truncated} string field(s) over the length limit would be truncated")
+    if reason is None:
+        return None, warnings
+    if reason == "unknown_type" or fields is None:
+        known = ", ".join(sorted(EVENT_TYPES))
+        return f"unknown_type {type_name} (known types: {known})", warnings
+    if reason == "missing_field":
+        missing = [f.name for f in fields.values() if f.required and event.get(f.name) is None]
+        if missing:
+            return f"missing_field {' '.join(missing)}", warnings
+    if reason == "bad_value":
+        # A valid event of this type with placeholders for the required fields; each field of
+        # the user's event is tried on it alone, so every bad one is named.
+        base: dict[str, Any] = {"v": 1, "type": type_name}
+        for required in fields.values():
+            if required.required:
+                base[required.name] = (
+                    sorted(required.choices)[0] if required.choices else _PLACEHOLDER[required.kind]
+                )
+        bad: list[str] = []
+        for name, value in event.items():
+            fdef = fields.get(name)
+            if fdef is None:
+                continue
+            if rejected({**base, name: value})[0] == "bad_value":
+                expected = _KIND_TEXT[fdef.kind].replace(
+                    "{choices}", ", ".join(sorted(fdef.choices))
+                )
+                bad.append(f"{name}={json.dumps(value)} (expected {expected})")
+        if bad:
+            return "bad_value " + "; ".join(bad), warnings
+    if reason == "version":
+        return f"version (v={json.dumps(event.get('v'))}; this daemon speaks v=1)", warnings
+    return reason, warnings
+
+
 @main.command()
 @click.argument("event_type")
 @click.argument("fields", nargs=-1)
 @click.option("--ingest", "endpoint", help="Endpoint to send to (default: METRICSD_INGEST).")
-def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None:
-    """Send one event: metricsd emit request duration_ms=120 model=gpt-4o."""
+@click.option(
+    "--no-check",
+    "no_check",
+    is_flag=True,
+    help="Send the event as is, without validating it first.",
+)
+def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None, no_check: bool) -> None:
+    """Send one event: metricsd emit request duration_ms=120 model=gpt-4o.
+
+    The event is checked first with the daemon's own decoder: one the daemon would reject is not
+    sent, and the command exits 2 with the reason (missing_field duration_ms, unknown_type …).
+    """
     import msgpack
     import zmq
 
@@ -163,8 +266,19 @@ def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None
             _fail(f"expected key=value, got {item!r}")
         event[key] = parse_value(value)
     event.setdefault("ts", time.time())
+    if not no_check:
+        reason, warnings = check_event(event)
+        for warning in warnings:
+            click.echo(f"metricsd: warning: {warning}", err=True)
+        if reason is not None:
+            _fail(f"not sent, the daemon would reject it: {reason}; --no-check sends it anyway")
     target = endpoint or os.environ.get("METRICSD_INGEST") or DEFAULT_INGEST
     target = target.split(",")[0].strip()
+    try:
+        frame = msgpack.packb(event)
+    except (TypeError, ValueError) as exc:
+        _fail(f"cannot encode the event: {exc}")
+        return
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
     try:
@@ -174,7 +288,7 @@ def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None
         sock.setsockopt(zmq.SNDTIMEO, 3000)
         sock.setsockopt(zmq.LINGER, 3000)
         sock.connect(target)
-        sock.send(msgpack.packb(event))
+        sock.send(frame)
     except zmq.Again:
         _fail(f"no daemon accepted the event at {target} within 3 s")
     except zmq.ZMQError as exc:

@@ -1,6 +1,7 @@
 """Custom metrics from ``metric`` events (SPEC §1.3), exported as-is.
 
-``counter`` values add up (exported as ``<name>_total``), ``gauge`` keeps the latest value,
+``counter`` values add up (exported as ``<name>_total``; a name that already ends in ``_total``
+is not suffixed again), ``gauge`` keeps the latest value,
 ``histogram`` observations go into exact buckets (``prometheus.custom_buckets``). A name keeps
 the kind it first arrived with; a later event with another kind, or a name that a built-in
 family already uses (``llm_requests``, ``metricsd_…``), is refused and counted. Label sets
@@ -50,11 +51,17 @@ class CustomTracker:
         labels = batch.values("labels")
         bounds = self.config.prometheus.custom_buckets
         for name, kind, value, pairs in zip(names, kinds, values, labels, strict=True):
-            if name.startswith(RESERVED_PREFIXES) or name in self.reserved:
+            if kind == "counter" and name.endswith("_total") and len(name) > 6:
+                name = name[:-6]  # exported as <name>_total, never <name>_total_total
+            if name.startswith(RESERVED_PREFIXES) or name.removesuffix("_total") in self.reserved:
                 self.refused["reserved_name"] += 1
                 continue
-            known = self.kinds.setdefault(name, kind)
-            if known != kind:
+            # A gauge or histogram "x_total" and a counter "x" would both expose x_total.
+            if kind == "counter":
+                clash = name + "_total" in self.kinds
+            else:
+                clash = name.endswith("_total") and self.kinds.get(name[:-6]) == "counter"
+            if clash or self.kinds.setdefault(name, kind) != kind:
                 self.refused["kind_conflict"] += 1
                 continue
             key = (name, render_labels(tuple(sorted((pairs or {}).items()))))

@@ -40,7 +40,7 @@ from metricsd.web.hub import Hub
 from metricsd.webhook import WebhookSender
 from metricsd.window import Geometry
 
-__all__ = ["Daemon", "run"]
+__all__ = ["Daemon", "preflight", "run"]
 
 log = logging.getLogger("metricsd")
 
@@ -63,6 +63,33 @@ def check_exposure(config: Config) -> None:
             "set; set auth.token (METRICSD_TOKEN / --token) or pass --insecure"
         )
     check_ingest_exposure(config)
+
+
+def check_ipc_paths(config: Config) -> None:
+    """An ``ipc://`` endpoint's directory must exist (ZeroMQ does not create it), and the path
+    must fit in a Unix socket address."""
+    for endpoint in config.ingest.endpoints:
+        if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+            continue  # ``@name``: Linux's abstract namespace, no file
+        path = Path(endpoint[len("ipc://") :])
+        if len(os.fsencode(path)) > 107:
+            raise ConfigError(f"ingest.endpoints: {endpoint}: the path is longer than 107 bytes")
+        if not path.parent.is_dir():
+            raise ConfigError(
+                f"ingest.endpoints: {endpoint}: the directory {path.parent} does not exist "
+                "(create it first; under systemd, RuntimeDirectory=metricsd makes /run/metricsd)"
+            )
+
+
+def preflight(config: Config) -> None:
+    """Every check ``serve`` makes before it binds anything; ``metricsd check-config`` runs the
+    same, so a config it passes is one ``serve`` starts with. Raises :class:`ConfigError`."""
+    check_exposure(config)
+    check_ipc_paths(config)
+    if config.otlp.endpoint:
+        require_sdk()  # refuse to start without the extra rather than drop the push
+    tls_context(config.http)  # the certificate and key load
+    IngestCurve.from_config(config.ingest)  # the CURVE key file reads and matches
 
 
 class Daemon:
@@ -117,9 +144,7 @@ class Daemon:
         self.otlp: OtlpPush | None = None
 
     async def start(self) -> None:
-        check_exposure(self.config)
-        if self.config.otlp.endpoint:
-            require_sdk()  # refuse to start without the extra rather than drop the push
+        preflight(self.config)
         if self.config.state.path:
             self._restore(self.config.state.path)
         ssl_context = tls_context(self.config.http)

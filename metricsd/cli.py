@@ -84,9 +84,9 @@ def serve(
         overrides["ready_file"] = ready_file
     try:
         config = load_config(config_path, overrides=overrides)
-        from metricsd.app import check_exposure, run
+        from metricsd.app import preflight, run
 
-        check_exposure(config)
+        preflight(config)
     except ConfigError as exc:
         _fail(str(exc))
         return
@@ -130,9 +130,18 @@ def keygen(out: str | None) -> None:
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
-    """Validate a config file and print the effective configuration as JSON."""
+    """Validate a config file and print the effective configuration as JSON.
+
+    Runs every check ``serve`` runs before binding: the values, the exposure rules (a token for
+    HTTP beyond loopback, CURVE for ingest beyond it), ipc:// directories, and the files the
+    daemon reads (TLS certificate and key, CURVE key, pricing file). The environment applies as
+    it would for ``serve``.
+    """
     try:
         config = load_config(path)
+        from metricsd.app import preflight
+
+        preflight(config)
     except ConfigError as exc:
         _fail(str(exc))
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -61,6 +62,9 @@ class Ingest:
             self.socket.bind(endpoint)
             last = self.socket.getsockopt(zmq.LAST_ENDPOINT)
             self.endpoints.append(last.decode() if isinstance(last, bytes) else str(last))
+            if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+                # ingest.ipc_mode whatever the umask (systemd's UMask=0077 would make it 0700).
+                os.chmod(endpoint[len("ipc://") :], int(self.config.ipc_mode, 8))
         return self.endpoints
 
     def _drain_nowait(self, limit: int, first: list[bytes] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -112,6 +113,23 @@ def test_ipc_and_multiple_endpoints(daemon_factory: Any, tmp_path: Path) -> None
     assert d.wait_for("metricsd_events_received_total", 5, type="request") == 5
     push.close()
     ctx.term()
+
+
+def test_ipc_socket_mode_ignores_the_umask(daemon_factory: Any, tmp_path: Path) -> None:
+    """systemd's UMask=0077 would leave the socket srwx------: applications running as another
+    user of the daemon's group could not connect. ingest.ipc_mode (0660) is set after binding."""
+    previous = os.umask(0o077)
+    try:
+        d = daemon_factory("--ingest", f"ipc://{tmp_path}/a.sock")
+        e = daemon_factory(
+            "--ingest", f"ipc://{tmp_path}/b.sock", env={"METRICSD_INGEST_IPC_MODE": "0600"}
+        )
+    finally:
+        os.umask(previous)
+    a, b = os.stat(tmp_path / "a.sock"), os.stat(tmp_path / "b.sock")
+    assert stat.S_ISSOCK(a.st_mode) and stat.S_IMODE(a.st_mode) == 0o660
+    assert stat.S_ISSOCK(b.st_mode) and stat.S_IMODE(b.st_mode) == 0o600
+    assert d.ingest[1] == f"ipc://{tmp_path}/a.sock" and e.ingest[1] == f"ipc://{tmp_path}/b.sock"
 
 
 def test_http_errors_are_json(daemon: Daemon) -> None:

@@ -100,7 +100,7 @@ def test_unit_has_the_notify_watchdog_and_hardening_settings() -> None:
 
 def test_unit_command_line_runs_the_example_config_with_the_state_directory() -> None:
     exec_start = unit_settings()["ExecStart"][0].split()
-    assert exec_start[0] == "/usr/local/bin/metricsd"
+    assert exec_start[0] == "/opt/metricsd/bin/metricsd"  # the venv of the install steps
     assert exec_start[1:] == [
         "serve",
         "--config",
@@ -112,6 +112,35 @@ def test_unit_command_line_runs_the_example_config_with_the_state_directory() ->
     config = serve_config(args)
     assert config.state.path == "/var/lib/metricsd/state.bin"  # inside StateDirectory=
     check_exposure(config)  # the example starts without a token: loopback only
+
+
+def test_unit_documentation_is_a_file_the_package_installs(tmp_path: Path) -> None:
+    """Documentation= names a file in the venv the install steps create: the wheel installs the
+    docs under <prefix>/share/doc/metricsd/."""
+    (documentation,) = unit_settings()["Documentation"]
+    prefix = str(Path(unit_settings()["ExecStart"][0].split()[0]).parents[1])
+    assert documentation == f"file://{prefix}/share/doc/metricsd/operations.md"
+    assert "python3 -m venv /opt/metricsd && /opt/metricsd/bin/pip install ." in UNIT.read_text()
+    # A copy of what the build reads (pip builds in the source tree; keep the checkout clean).
+    src = tmp_path / "src"
+    for name in ("metricsd", "docs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    result = subprocess.run(
+        [*pip, "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = wheels.glob("metricsd-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    version = wheel.name.split("-")[1]
+    assert f"metricsd-{version}.data/data/share/doc/metricsd/operations.md" in names
+    installed = {n.rsplit("/", 1)[1] for n in names if "/share/doc/metricsd/" in n}
+    assert installed == {"README.md"} | {p.name for p in (ROOT / "docs").glob("*.md")}
 
 
 def test_example_config_passes_check_config() -> None:
@@ -130,7 +159,7 @@ def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
     executable = shutil.which("metricsd") or str(Path(sys.executable).with_name("metricsd"))
     assert Path(executable).exists()
     unit = tmp_path / "metricsd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/metricsd", executable))
+    unit.write_text(UNIT.read_text().replace("/opt/metricsd/bin/metricsd", executable))
     result = subprocess.run(
         [str(SYSTEMD_ANALYZE), "verify", str(unit)], capture_output=True, text=True, timeout=60
     )

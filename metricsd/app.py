@@ -183,7 +183,13 @@ class Daemon:
 
             self.tasks.append(
                 asyncio.create_task(
-                    run_demo(self.context, endpoints[0], self.config.demo.rate), name="demo"
+                    run_demo(
+                        self.context,
+                        endpoints,
+                        self.config.demo,
+                        self.curve.public if self.curve else None,
+                    ),
+                    name="demo",
                 )
             )
         if self.config.otlp.endpoint:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from metricsd import __version__
-from metricsd.config import DEFAULT_INGEST, ConfigError, load_config
+from metricsd.config import DEFAULT_INGEST, Config, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -44,6 +44,13 @@ def main() -> None:
 @click.option(
     "--demo", is_flag=True, default=None, help="Also send built-in synthetic LLM traffic."
 )
+@click.option(
+    "--demo-incident",
+    "demo_incident",
+    is_flag=True,
+    default=None,
+    help="With the demo traffic: an incident that pages within a minute, then recovers.",
+)
 @click.option("--ready-file", "ready_file", help="Write the bound addresses as JSON once ready.")
 @click.option("--tls-cert", "tls_cert", help="PEM certificate chain: serve HTTPS.")
 @click.option("--tls-key", "tls_key", help="PEM private key of --tls-cert.")
@@ -58,6 +65,7 @@ def serve(
     max_series: int | None,
     log_level: str | None,
     demo: bool | None,
+    demo_incident: bool | None,
     ready_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -77,13 +85,19 @@ def serve(
     put("engine", "tick", tick)
     put("limits", "max_series", max_series)
     put("log", "level", log_level)
-    put("demo", "enabled", demo)
+    put("demo", "enabled", demo or demo_incident or None)
+    put("demo", "incident", demo_incident)
     put("http", "tls_cert", tls_cert)
     put("http", "tls_key", tls_key)
     if ready_file is not None:
         overrides["ready_file"] = ready_file
+    from metricsd.demo import with_demo_budget
+
+    def configure() -> Config:
+        return with_demo_budget(load_config(config_path, overrides=overrides))
+
     try:
-        config = load_config(config_path, overrides=overrides)
+        config = configure()
         from metricsd.app import preflight, run
 
         preflight(config)
@@ -92,7 +106,7 @@ def serve(
         return
     try:
         # SIGHUP re-reads the same sources: file, environment, and these flags.
-        run(config, reload_config=lambda: load_config(config_path, overrides=overrides))
+        run(config, reload_config=configure)
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:  # found while starting (TLS files, CURVE key file)

@@ -225,6 +225,8 @@ class StreamingConfig:
 class DemoConfig:
     enabled: bool = False
     rate: float = 50.0
+    #: One incident (failures that page) 10 s after the start, then recovery; see metricsd.demo.
+    incident: bool = False
 
 
 @dataclass(frozen=True)

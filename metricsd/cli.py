@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -16,7 +18,7 @@ from metricsd.config import DEFAULT_INGEST, Config, ConfigError, load_config
 __all__ = ["main"]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"metricsd: {message}", err=True)
     sys.exit(2)
 
@@ -126,19 +128,52 @@ def serve(
     type=click.Path(dir_okay=False),
     help="Write the key file here (mode 0600, not over an existing file); print the public key.",
 )
-def keygen(out: str | None) -> None:
+@click.option(
+    "--public",
+    "public_out",
+    type=click.Path(dir_okay=False),
+    help="With --out: also write the public key here (mode 0644), for emitters.",
+)
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    help="With --out: an existing key file is kept (and its public key printed), not an error.",
+)
+def keygen(out: str | None, public_out: str | None, exist_ok: bool) -> None:
     """Make a CURVE keypair for encrypted ZeroMQ ingest (ingest.curve_secret_key_file)."""
-    from metricsd.security import write_keypair
+    from metricsd.security import load_curve_secret, write_keypair
 
+    if out is None and (public_out or exist_ok):
+        _fail("--public and --exist-ok need --out")
     try:
         text = write_keypair(out)
+        made = True
     except FileExistsError:
-        _fail(f"{out} exists; not overwriting a key")
-        return
+        if not exist_ok:
+            _fail(f"{out} exists; not overwriting a key")
+            return
+        try:
+            text = load_curve_secret(str(out))[0].decode()
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        made = False
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror}")
         return
-    click.echo(text if out is None else f'public_key = "{text}"', nl=out is not None)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    line = f'public_key = "{text}"\n'
+    if public_out is not None:
+        try:
+            Path(public_out).write_text(line)
+            os.chmod(public_out, 0o644)
+        except OSError as exc:
+            _fail(f"cannot write {public_out}: {exc.strerror}")
+    if not made:
+        click.echo(f"metricsd: {out} exists; keeping it", err=True)
+    click.echo(line, nl=False)
 
 
 @main.command("check-config")
@@ -263,6 +298,27 @@ def check_event(event: dict[str, Any]) -> tuple[str | None, list[str]]:
     return reason, warnings
 
 
+def _server_key(value: str) -> bytes:
+    """``--server-key``: a Z85 public key, or a file with ``public_key = "…"`` or a bare key."""
+    import tomllib
+
+    from metricsd.security import is_z85_key
+
+    if is_z85_key(value):
+        return value.encode()
+    try:
+        text = Path(value).read_text()
+    except OSError as exc:
+        _fail(f"--server-key: neither a Z85 key nor a readable file: {value} ({exc.strerror})")
+    named: dict[str, Any] = {}
+    with contextlib.suppress(tomllib.TOMLDecodeError):
+        named = tomllib.loads(text)
+    key = str(named.get("public_key", text.strip()))
+    if not is_z85_key(key):
+        _fail(f"--server-key: {value} holds no Z85 public key (40 characters)")
+    return key.encode()
+
+
 @main.command()
 @click.argument("event_type")
 @click.argument("fields", nargs=-1)
@@ -273,7 +329,19 @@ def check_event(event: dict[str, Any]) -> tuple[str | None, list[str]]:
     is_flag=True,
     help="Send the event as is, without validating it first.",
 )
-def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None, no_check: bool) -> None:
+@click.option(
+    "--server-key",
+    "server_key",
+    help="Connect with CURVE: the daemon's public key (Z85), or a file holding it "
+    "(keygen --public / --out).",
+)
+def emit(
+    event_type: str,
+    fields: tuple[str, ...],
+    endpoint: str | None,
+    no_check: bool,
+    server_key: str | None,
+) -> None:
     """Send one event: metricsd emit request duration_ms=120 model=gpt-4o.
 
     The event is checked first with the daemon's own decoder: one the daemon would reject is not
@@ -302,8 +370,14 @@ def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None, no_chec
     except (TypeError, ValueError) as exc:
         _fail(f"cannot encode the event: {exc}")
         return
+    curve = _server_key(server_key) if server_key else None
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
+    if curve is not None:
+        public, secret = zmq.curve_keypair()
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     try:
         # IMMEDIATE: queue only on a completed connection, so a missing daemon is an error
         # after SNDTIMEO instead of a message silently waiting in a queue that will be dropped.

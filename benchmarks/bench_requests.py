@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -26,7 +28,7 @@ from metricsd.engine import Engine
 from metricsd.hist import Layout
 from metricsd.protocol import decode
 from metricsd.trackers.requests import FIELDS, RequestTracker
-from metricsd.window import CounterRing, Geometry, HistRing
+from metricsd.window import CounterLog, Geometry, HistLog, hist_entries
 
 MODELS = [f"model-{i}" for i in range(8)]
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
@@ -59,17 +61,32 @@ def make_frames(count: int, batch: int) -> list[bytes]:
     return frames
 
 
+def held_bytes(log: CounterLog | HistLog, now: float) -> int:
+    """Bytes of the arrays a window log holds at ``now``: every slot and group of its rings,
+    the one being written included."""
+    frozen = log.freeze(now)
+    total = 0
+    for s in (*frozen.short, *frozen.long):
+        for f in fields(s):
+            value: Any = getattr(s, f.name)
+            if isinstance(value, np.ndarray):
+                total += int(value.nbytes)
+    return total
+
+
 def memory_per_series() -> int:
     """Bytes of window arrays held by one series after an hour at 50 requests/s."""
     geometry = Geometry()
-    ring = HistRing(geometry, Layout())
-    counters = CounterRing(geometry, len(FIELDS))
+    layout = Layout()
+    one = np.zeros(1, dtype=np.intp)  # the series' id
+    ring = HistLog(geometry, layout)
+    counters = CounterLog(geometry, len(FIELDS))
     rng = np.random.default_rng(1)
     for t in range(3600):
-        ring.record(float(t), rng.lognormal(5.0, 1.0, 50))
-        counters.add(float(t), np.ones(len(FIELDS)))
-    ring.window(3600.0, 300)
-    return ring.nbytes() + counters.nbytes()
+        ring.record(float(t), hist_entries(layout, rng.lognormal(5.0, 1.0, 50), None, one))
+        counters.add(float(t), one, np.ones(len(FIELDS)))
+    ring.freeze(3600.0).reduce(3600.0, 300, one, 1)
+    return held_bytes(ring, 3600.0) + held_bytes(counters, 3600.0)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from metricsd.protocol import REASONS, Batch, DecodeResult, Limits, decode
+from metricsd.protocol import REASONS, Batch, Cat, DecodeResult, Limits, decode
 from metricsd.schema import EVENT_TYPES
 from metricsd.web.stream import METRIC_TYPES, PolicyViolation, Session
 
@@ -82,8 +82,9 @@ def _check_batch(batch: Batch) -> None:
                 _require(bool(np.all(np.isfinite(col))), f"non-finite value kept in {name}")
         elif kind in ("str", "longstr", "text"):
             limit = _string_limit(kind)
+            values = col.tolist() if isinstance(col, Cat) else col
             _require(
-                all(v is None or (isinstance(v, str) and len(v) <= limit) for v in col),
+                all(v is None or (isinstance(v, str) and len(v) <= limit) for v in values),
                 f"string column {name} holds a non-string or an uncut string",
             )
     for name, value in batch.const.items():

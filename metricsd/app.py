@@ -1,8 +1,15 @@
-"""Wiring: build the engine, bind ingest and HTTP, tick, and shut down cleanly (SPEC §6)."""
+"""Wiring: the engine on its own thread, HTTP and WebSocket on the event loop (SPEC §6).
+
+Two threads share the work. The engine thread (:mod:`metricsd.runner`) owns every tracker: it
+reads ingest, applies batches, runs commands and publishes a frozen snapshot each tick. The
+event loop serves HTTP, the WebSocket stream and the systemd watchdog from the latest snapshot;
+views and renders of a snapshot run on worker threads, so the loop itself only moves bytes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import ipaddress
@@ -15,7 +22,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -23,26 +30,30 @@ from aiohttp import web
 
 from metricsd import persist
 from metricsd.config import Config, ConfigError, split_host_port
-from metricsd.engine import Engine
 from metricsd.export.otlp import OtlpPush, require_sdk
+from metricsd.export.prometheus import RenderCache, render_both
 from metricsd.ingest import Ingest
 from metricsd.persist import Clock
+from metricsd.runner import EngineThread
 from metricsd.security import IngestCurve, check_ingest_exposure, is_local_endpoint, tls_context
+from metricsd.snapshot import Snapshot
 from metricsd.systemd import Notifier, watchdog, watchdog_interval
-from metricsd.trackers.cost import CostTracker
-from metricsd.trackers.custom import CustomTracker
-from metricsd.trackers.errors import ErrorTracker
-from metricsd.trackers.requests import RequestTracker
-from metricsd.trackers.slo import SloTracker
-from metricsd.trackers.streaming import StreamingTracker
 from metricsd.web.app import build_app
 from metricsd.web.hub import Hub
+from metricsd.web.server import LimitedRunner, install_accept_guard, raise_fd_limit
 from metricsd.webhook import WebhookSender
-from metricsd.window import Geometry
+from metricsd.wiring import build_engine
 
-__all__ = ["Daemon", "preflight", "run"]
+__all__ = ["Daemon", "check_exposure", "preflight", "run"]
 
 log = logging.getLogger("metricsd")
+T = TypeVar("T")
+
+#: With no scrape for this long, the exposition is rendered on demand instead of every tick.
+SCRAPER_GONE_SECONDS = 60.0
+#: The engine thread is unhealthy (for the watchdog) when a turn of its loop has not started
+#: for this long: a wake-up is bounded to a fraction of a second, a tick to about one.
+STUCK_SECONDS = 30.0
 
 
 def is_loopback(host: str) -> bool:
@@ -98,53 +109,118 @@ class Daemon:
     def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.reload_config = reload_config
-        self.geometry = Geometry(slot_seconds=config.engine.slot_seconds)
         self.clock = Clock()
-        start = self.clock()
-        self.requests = RequestTracker(config, self.geometry, start)
-        self.streaming = StreamingTracker(config, self.geometry, start)
-        self.errors = ErrorTracker(config, self.geometry, start)
-        self.slo = SloTracker(config, self.geometry, start, wall_offset=time.time() - start)
-        self.cost = CostTracker(config, start, time.time())
-        self.custom = CustomTracker(config)
-        self.engine = Engine(
-            config, [self.requests, self.streaming, self.errors, self.slo, self.cost, self.custom]
-        )
-        # A custom metric may not take the name of a built-in family.
-        self.custom.reserved = frozenset(
-            f.name for f in self.engine.families(start) if f.name != "metricsd_custom_refused"
-        )
+        self.engine = build_engine(config, self.clock(), time.time())
+        self.trackers = {t.name: t for t in self.engine.trackers}
+        self.context = zmq.asyncio.Context()
+        self.ingest = Ingest(config.ingest, self.engine, self.context, clock=self.clock)
+        self.hub = Hub(config.http, self.run_read, self.latest, clock=self.clock)
+        self.hub.slack = min(config.engine.tick / 2, 0.05)
         self.webhook: WebhookSender | None = None
         if config.cost.webhook_url:
             cost = config.cost
             self.webhook = WebhookSender(cost.webhook_url, cost.webhook_timeout, cost.webhook_queue)
-            self.cost.alert_sinks.append(self.webhook.submit)
-            self.engine.extra_families.append(self.webhook.families)
-        self.hub = Hub(
-            self.engine,
-            self.requests,
-            [self.streaming, self.slo, self.cost],
-            config.http,
-            alert_sources=[self.slo, self.cost],
-            clock=self.clock,
+        self.runner = EngineThread(
+            self.engine, self.ingest, self.clock, config.engine.tick, self._publish_threadsafe
         )
-        self.hub.slack = min(config.engine.tick / 2, 0.05)
-        self.context = zmq.asyncio.Context()
-        self.ingest = Ingest(config.ingest, self.engine, self.context, clock=self.clock)
-        self.engine.clock = self.clock
-        self.cost.on_budget_change = self._save_soon
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="metricsd-read")
+        self._render = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metricsd-render")
+        self._render_cache = RenderCache()
+        self._latest: Snapshot | None = None
+        self._waiters: list[tuple[int, asyncio.Future[Snapshot]]] = []
+        self.ready = False
+        self.last_scrape = -1e18
         self._save_pending = False
+        self._saving = False
         self.saves = 0
-        self.runner: web.AppRunner | None = None
+        self.app_runner: LimitedRunner | None = None
         self.http_url = ""
         self.tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self.notifier = Notifier()
         self.curve: IngestCurve | None = None
         self.otlp: OtlpPush | None = None
+        cost = self.trackers.get("cost")
+        if cost is not None:
+            cost.on_budget_change = self._budget_changed
+
+    # --- the Source of the web layer ------------------------------------------------------
+
+    def latest(self) -> Snapshot | None:
+        return self._latest
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reads, fn)
+
+    async def run_read(self, fn: Callable[[], Any]) -> Any:
+        return await self.run(fn)
+
+    async def exposition(self, snap: Snapshot, openmetrics: bool) -> bytes:
+        self.last_scrape = self.clock()
+        text, om = await asyncio.get_running_loop().run_in_executor(
+            self._render, self._render_snapshot, snap
+        )
+        return om if openmetrics else text
+
+    def _render_snapshot(self, snap: Snapshot) -> tuple[bytes, bytes]:
+        """Text and OpenMetrics of a snapshot, rendered once (series lines cached across
+        snapshots: only the series that changed are rendered again)."""
+        found = snap._exposition.get("both")
+        if found is None:
+            found = render_both(snap.families(extra=self._extra_families()), self._render_cache)
+            snap._exposition["both"] = found
+        return found  # type: ignore[no-any-return]
+
+    def _extra_families(self) -> list[Any]:
+        out = self.hub.families()
+        if self.webhook is not None:
+            out.extend(self.webhook.families(0.0))
+        return out
+
+    async def command(self, name: str, *args: Any) -> Any:
+        """Run a change on the engine thread, then wait for a snapshot that shows it."""
+        fn = self._commands()[name]
+        result = await asyncio.wrap_future(self.runner.submit(lambda: fn(*args)))
+        await asyncio.wrap_future(self.runner.tick_now())
+        return result
+
+    def _commands(self) -> dict[str, Callable[..., Any]]:
+        cost = self.trackers["cost"]
+
+        def put_budget(key_id: str, body: Any, wall: float) -> tuple[bool, Any]:
+            created = key_id not in cost.budgets
+            return created, cost.put_budget(key_id, body, wall)
+
+        return {"put_budget": put_budget, "delete_budget": cost.delete_budget}
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    def _publish_threadsafe(self, snap: Snapshot) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._latest = snap
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            loop.call_soon_threadsafe(self._publish, snap)
+
+    def _publish(self, snap: Snapshot) -> None:
+        self._latest = snap
+        self.hub.publish(snap)
+        if self.webhook is not None:
+            for alert in snap.alerts:
+                if alert.get("type") == "budget_alert":
+                    self.webhook.submit(alert)
+        if self.clock() - self.last_scrape <= SCRAPER_GONE_SECONDS:
+            # Someone scrapes: render now, off the loop, so the next scrape is served at once.
+            self._render.submit(self._render_snapshot, snap)
+
+    # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         preflight(self.config)
+        raise_fd_limit()
         if self.config.state.path:
             self._restore(self.config.state.path)
         ssl_context = tls_context(self.config.http)
@@ -160,20 +236,32 @@ class Daemon:
         host, port = split_host_port(self.config.http.listen)
         if self.config.auth.token and ssl_context is None and not is_loopback(host):
             log.warning("the bearer token crosses the network in clear text: serve TLS")
+        http = self.config.http
         app = build_app(
-            self.engine, self.requests, self.config.auth.token, self.config.http.max_body_bytes
+            self,
+            self.config.auth.token,
+            http.max_body_bytes,
+            host_check=is_loopback(host) and not self.config.auth.token,
         )
         app.router.add_get("/metrics/stream", self.hub.handle)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=ssl_context)
+        install_accept_guard(asyncio.get_running_loop())
+        self.app_runner = LimitedRunner(
+            app,
+            max_connections=http.max_connections,
+            request_timeout=http.request_timeout,
+            access_log=None,
+            handle_signals=False,
+        )
+        await self.app_runner.setup()
+        site = web.TCPSite(
+            self.app_runner, host, port, reuse_address=True, ssl_context=ssl_context
+        )
         await site.start()
         bound = self._bound_address(site, host, port)
         self.http_url = f"{'https' if ssl_context else 'http'}://{bound}"
-        self.engine.snapshot(self.clock(), time.time())
-        self.engine.ready = True
-        self.tasks.append(asyncio.create_task(self.ingest.run(), name="ingest"))
-        self.tasks.append(asyncio.create_task(self._tick(), name="tick"))
+        self._latest = self.engine.snapshot(self.clock(), time.time())
+        self.runner.start()
+        self.ready = True
         if self.config.state.path:
             self.tasks.append(asyncio.create_task(self._save_loop(), name="save"))
         if self.webhook is not None:
@@ -195,7 +283,7 @@ class Daemon:
         if self.config.otlp.endpoint:
             self.otlp = OtlpPush(
                 self.config.otlp,
-                lambda: self.engine.families(self.clock(), canonical=True),
+                self._otlp_families,
                 start_wall=self.engine.started_wall,
                 max_points=64 * self.config.limits.max_series,
             )
@@ -215,9 +303,13 @@ class Daemon:
                 )
             )
 
+    def _otlp_families(self) -> list[Any]:
+        snap = self._latest
+        return [] if snap is None else snap.families(canonical=True)
+
     def _healthy(self) -> bool:
-        """For the watchdog: the tasks that do the work are still running."""
-        return not any(t.done() for t in self.tasks if t.get_name() in ("ingest", "tick"))
+        """For the watchdog: the engine thread runs and is not stuck."""
+        return self.runner.alive() and time.monotonic() - self.runner.last_turn < STUCK_SECONDS
 
     @staticmethod
     def _bound_address(site: web.TCPSite, host: str, port: int) -> str:
@@ -230,50 +322,73 @@ class Daemon:
                 return f"[{h}]:{real[1]}" if ":" in h else f"{h}:{real[1]}"
         return f"{host}:{port}"
 
-    async def _tick(self) -> None:
-        interval = self.config.engine.tick
-        deadline = time.monotonic()
-        while True:
-            # A fixed rate: the time a tick takes does not stretch the period.
-            deadline = max(deadline + interval, time.monotonic())
-            await asyncio.sleep(deadline - time.monotonic())
-            try:
-                now, wall = self.clock(), time.time()
-                self.engine.snapshot(now, wall)
-                self.hub.tick(now, wall)
-            except Exception:
-                log.exception("error building the snapshot")
-
     # --- state ----------------------------------------------------------------------------
 
     def _stateful(self) -> dict[str, Any]:
-        return {t.name: t for t in self.engine.trackers} | {"engine": self.engine}
+        return {**self.trackers, "engine": self.engine}
 
     def _restore(self, path: str) -> None:
-        """Load the state file if there is one; an unusable one is moved aside (SPEC §7)."""
+        """Load the state file if there is one; an unusable one is moved aside (SPEC §8)."""
+        persist.remove_stale_temps(path)
         if not Path(path).exists():
             log.info("no state file at %s yet; starting empty", path)
             return
         try:
-            loaded = persist.load(path, self.config, self.geometry)
+            loaded = persist.load(path, self.config)
         except (persist.StateError, OSError) as exc:
             persist.move_aside(path, str(exc))
             return
-        targets = self._stateful()
-        for name, state in loaded.trackers.items():
-            target = targets.get(name)
-            if target is None:
-                log.warning("state for unknown tracker %r ignored", name)
-                continue
-            target.restore(state)
         gap = self.clock.continue_from(loaded.saved_now, loaded.saved_wall)
+        now = self.clock()
+        targets = self._stateful()
+        try:
+            for name, state in loaded.trackers.items():
+                target = targets.get(name)
+                if target is None:
+                    log.warning("state for unknown tracker %r ignored", name)
+                    continue
+                target.restore(state, now)
+        except persist.StateError as exc:
+            self._reset()
+            persist.move_aside(path, str(exc))
+            return
         log.info("state restored from %s (saved %.1f s ago)", path, gap)
 
-    def save_state(self) -> int:
-        """Save now, on the event loop (the state is consistent between two frames)."""
-        states = {name: t.state() for name, t in self._stateful().items()}
-        data = persist.encode(states, self.config, self.clock(), time.time())
-        written = persist.write_atomic(Path(self.config.state.path), data)
+    def _reset(self) -> None:
+        """After a state that could not be applied: start empty again."""
+        self.clock = Clock()
+        self.engine = build_engine(self.config, self.clock(), time.time())
+        self.trackers = {t.name: t for t in self.engine.trackers}
+        self.ingest.engine = self.engine
+        self.ingest.now = self.clock
+        self.runner = EngineThread(
+            self.engine, self.ingest, self.clock, self.config.engine.tick,
+            self._publish_threadsafe,
+        )
+        cost = self.trackers.get("cost")
+        if cost is not None:
+            cost.on_budget_change = self._budget_changed
+
+    def _states(self) -> dict[str, Any]:
+        """Every tracker's state (on the engine thread, or when it is stopped)."""
+        now = self.clock()
+        return {name: t.state(now) for name, t in self._stateful().items()}
+
+    def capture(self) -> bytes:
+        """The state file's bytes (on the engine thread, or when it is stopped)."""
+        return persist.encode(self._states(), self.config, self.clock(), time.time())
+
+    async def save_state(self) -> int:
+        """Save: capture on the engine thread, encode and write on a worker (SPEC §8: the
+        serving loop never waits for it)."""
+        captured = await asyncio.wrap_future(self.runner.submit(self._states))
+        now, wall = self.clock(), time.time()
+
+        def write() -> int:
+            data = persist.encode(captured, self.config, now, wall)
+            return persist.write_atomic(Path(self.config.state.path), data)
+
+        written = await self.run(write)
         self.saves += 1
         return written
 
@@ -281,22 +396,34 @@ class Daemon:
         interval = self.config.state.interval
         while True:
             await asyncio.sleep(interval)
-            self._save_now()
+            await self._save_now()
+
+    def _budget_changed(self) -> None:
+        """On the engine thread: a budget change schedules a save (SPEC §8)."""
+        loop = self._loop
+        if loop is not None and self.config.state.path:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._save_soon)
 
     def _save_soon(self) -> None:
-        """Budget changes are saved at once, but a burst of PUTs costs one save."""
-        if self.config.state.path and not self._save_pending:
+        """A burst of budget changes costs one save."""
+        if not self._save_pending:
             self._save_pending = True
-            asyncio.get_running_loop().call_soon(self._save_now)
+            self.tasks.append(asyncio.get_running_loop().create_task(self._save_now()))
 
-    def _save_now(self) -> None:
+    async def _save_now(self) -> None:
         self._save_pending = False
+        if self._saving:
+            return
+        self._saving = True
         try:
             started = time.perf_counter()
-            size = self.save_state()
+            size = await self.save_state()
             log.debug("state saved: %d bytes in %.3f s", size, time.perf_counter() - started)
         except Exception:
             log.exception("could not save the state to %s", self.config.state.path)
+        finally:
+            self._saving = False
 
     def reload(self) -> None:
         """SIGHUP: pricing, budgets and SLOs from the config file (SPEC §6)."""
@@ -308,8 +435,12 @@ class Daemon:
         except ConfigError as exc:
             log.error("SIGHUP: the config is invalid, keeping the running one: %s", exc)
             return
-        self.slo.reload(config)
-        self.cost.reload(config)
+
+        def apply() -> None:
+            self.trackers["slo"].reload(config)
+            self.trackers["cost"].reload(config)
+
+        self.runner.submit(apply)
         self.config = dataclasses.replace(self.config, slo=config.slo, cost=config.cost)
         log.info("SIGHUP: reloaded pricing, budgets and SLOs")
 
@@ -321,7 +452,11 @@ class Daemon:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        drained, left = self.ingest.drain()
+        if self.runner.alive():
+            await asyncio.get_running_loop().run_in_executor(None, self.runner.stop)
+        else:
+            self.runner.stop()
+        drained, left = self.runner.drained
         if drained:
             log.info("applied %d frames left in the socket at shutdown", drained)
         if left:
@@ -330,10 +465,10 @@ class Daemon:
                 left,
                 self.config.ingest.drain_timeout,
             )
-        self.engine.snapshot(self.clock(), time.time())
         if self.config.state.path:
             try:
-                self.save_state()
+                data = self.capture()
+                persist.write_atomic(Path(self.config.state.path), data)
             except Exception:  # a failed save must not stop the shutdown; it is loud
                 log.exception("could not save the state at shutdown")
         if self.otlp is not None:
@@ -341,12 +476,14 @@ class Daemon:
         await self.hub.close_all(1001)
         if self.webhook is not None:
             await self.webhook.close()
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.app_runner is not None:
+            await self.app_runner.cleanup()
         self.ingest.close()
         if self.curve is not None:
             self.curve.stop()
         self.context.term()
+        self._reads.shutdown(wait=False, cancel_futures=True)
+        self._render.shutdown(wait=False, cancel_futures=True)
         self.notifier.close()
         self.stopped.set()
 

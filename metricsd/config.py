@@ -93,6 +93,11 @@ class HttpConfig:
     #: Browser origins allowed to open the WebSocket besides the daemon's own host.
     allowed_origins: tuple[str, ...] = ()
     max_ws_clients: int = 1000
+    #: Open HTTP connections (WebSocket included) beyond which a new one is closed at once.
+    max_connections: int = 2000
+    #: A connection must complete a request within this many seconds (and an idle kept-alive
+    #: one is closed after it): slow or partial requests cannot hold sockets.
+    request_timeout: float = 15.0
     #: A WebSocket client that cannot take updates for this long is closed with 1008.
     ws_slow_grace: float = 10.0
     #: Protocol-level ping interval; a peer that does not answer is closed.
@@ -114,9 +119,13 @@ class IngestConfig:
     max_string_length: int = 256
     max_error_message_length: int = 2048
     max_frames_per_wakeup: int = 256
-    #: At shutdown, how long applying the frames still queued may take (below systemd's
+    #: At shutdown, how long applying the frames still queued may take (well below systemd's
     #: TimeoutStopSec=30, leaving time to save); frames left after it are counted in the log.
-    drain_timeout: float = 20.0
+    drain_timeout: float = 5.0
+    #: A peer that has not finished the ZeroMQ handshake after this many seconds is dropped.
+    handshake_timeout: float = 5.0
+    #: ZeroMQ heartbeat interval (0: off); a peer silent for three intervals is dropped.
+    heartbeat: float = 10.0
     #: CURVE secret key file (``metricsd keygen``): encrypts the non-loopback tcp:// endpoints.
     curve_secret_key_file: str = ""
     #: Emitters' CURVE public keys (Z85) allowed to connect; empty: any that has the server key.
@@ -152,6 +161,8 @@ class LimitsConfig:
     series_ttl: float = 3600.0
     max_active_streams: int = 100_000
     max_patterns: int = 1000
+    #: An event whose ``ts`` is further than this from its arrival is a ``bad_value``.
+    max_clock_skew: float = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -377,8 +388,12 @@ def _check(config: Config) -> None:
         "http.ws_heartbeat": config.http.ws_heartbeat,
         "http.ws_message_rate": config.http.ws_message_rate,
         "http.ws_message_burst": config.http.ws_message_burst,
+        "http.request_timeout": config.http.request_timeout,
         "streaming.idle_timeout": config.streaming.idle_timeout,
         "streaming.stall_ms": config.streaming.stall_ms,
+        "ingest.drain_timeout": config.ingest.drain_timeout,
+        "ingest.handshake_timeout": config.ingest.handshake_timeout,
+        "limits.max_clock_skew": config.limits.max_clock_skew,
     }
     for path, value in positive.items():
         if not value > 0:
@@ -389,13 +404,17 @@ def _check(config: Config) -> None:
         "limits.max_patterns": config.limits.max_patterns,
         "http.max_body_bytes": config.http.max_body_bytes,
         "http.max_ws_clients": config.http.max_ws_clients,
+        "http.max_connections": config.http.max_connections,
         "ingest.rcvhwm": config.ingest.rcvhwm,
         "ingest.max_frame_bytes": config.ingest.max_frame_bytes,
         "ingest.max_events_per_frame": config.ingest.max_events_per_frame,
         "engine.recent_size": config.engine.recent_size,
+        "ingest.max_frames_per_wakeup": config.ingest.max_frames_per_wakeup,
     }.items():
         if ivalue < 1:
             raise ConfigError(f"{path}: must be ≥ 1, got {ivalue!r}")
+    if config.ingest.heartbeat < 0:
+        raise ConfigError(f"ingest.heartbeat: must be ≥ 0, got {config.ingest.heartbeat!r}")
     if config.engine.significant_figures not in (1, 2, 3):
         raise ConfigError("engine.significant_figures: must be 1, 2 or 3")
     if config.log.level.lower() not in _LEVELS:

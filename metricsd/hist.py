@@ -17,13 +17,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["Hist", "Layout", "quantiles_from_counts"]
+__all__ = [
+    "EXACT_SHIFT",
+    "Hist",
+    "Layout",
+    "bucket_counts",
+    "exact_sums",
+    "exact_value",
+    "group_quantiles",
+    "quantiles_from_counts",
+]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -117,6 +126,112 @@ def quantiles_from_counts(
     idx = np.searchsorted(cumulative, ranks, side="left")
     values = layout.medians[np.minimum(idx, len(layout.medians) - 1)]
     return [min(max(float(v), lo), hi) for v in values]
+
+
+# --- exact sums -------------------------------------------------------------------------------
+#
+# The mean beside a histogram is exact (SPEC §4): sums of float64 values are kept as integers of
+# 2**-EXACT_SHIFT, which represents every double in [2**-28, 2**37) exactly (a double's lowest
+# bit is at least 2**-80 there). Integer sums do not depend on the order of addition, so a
+# window merged from several processes, or a batch applied row by row, gives the same mean to
+# the last bit. Values below 2**-28 are counted at that precision; values at or above 2**37
+# (4 years in ms) at 2**37; negative values at 0.
+
+EXACT_SHIFT: Final = 80
+_LIMB: Final = 39
+_EXACT_MAX: Final = float(2**37)
+
+
+def exact_limbs(values: FloatArray) -> tuple[IntArray, IntArray, IntArray]:
+    """Each value as three 39-bit limbs of its fixed-point integer (value × 2**80):
+    ``l2 · 2**78 + l1 · 2**39 + l0``. Exact: every split is a floor by a power of two."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0.0, _EXACT_MAX)
+    hi = np.floor(v * 4.0)  # 2**(80 - 78)
+    rest = v - hi * 0.25
+    mid = np.floor(rest * 2.0**41)  # 2**(80 - 39)
+    low = np.floor((rest - mid * 2.0**-41) * 2.0**80)
+    return hi.astype(np.int64), mid.astype(np.int64), low.astype(np.int64)
+
+
+def exact_sums(
+    values: FloatArray, codes: npt.NDArray[np.intp] | None, size: int
+) -> npt.NDArray[Any]:
+    """Per-group exact sums (Python ints of 2**-80 units; an object array of ``size``)."""
+    out = np.zeros(size, dtype=object)
+    if values.size == 0:
+        return out
+    limbs = exact_limbs(values)
+    if codes is None:
+        parts = [int(limb.sum()) for limb in limbs]
+        out[0] = (parts[0] << (2 * _LIMB)) + (parts[1] << _LIMB) + parts[2]
+        return out
+    sums = []
+    for limb in limbs:
+        acc = np.zeros(size, dtype=np.int64)
+        np.add.at(acc, codes, limb)  # < 2**39 each: exact for 2**24 rows
+        sums.append(acc.tolist())
+    for g in range(size):
+        out[g] = (sums[0][g] << (2 * _LIMB)) + (sums[1][g] << _LIMB) + sums[2][g]
+    return out
+
+
+def exact_value(total: Any) -> float:
+    """An exact sum back as the nearest float."""
+    return math.ldexp(float(int(total)), -EXACT_SHIFT)
+
+
+def group_quantiles(
+    layout: Layout,
+    keys: npt.NDArray[np.uint64],
+    counts: npt.NDArray[np.uint64],
+    size: int,
+    qs: tuple[float, ...],
+    lo: FloatArray,
+    hi: FloatArray,
+) -> FloatArray:
+    """Quantiles of many histograms at once, as :func:`quantiles_from_counts` computes each.
+
+    ``keys`` are sorted ``group << 32 | counts index`` with their ``counts``; returns an array
+    (size, len(qs)), zero for an empty group.
+    """
+    out = np.zeros((size, len(qs)), dtype=np.float64)
+    if keys.size == 0:
+        return out
+    group = (keys >> np.uint64(32)).astype(np.intp)
+    index = (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    cumulative = np.cumsum(counts.astype(np.int64))
+    totals = np.bincount(group, weights=counts.astype(np.float64), minlength=size)
+    first = np.searchsorted(group, np.arange(size), side="left")
+    before = np.where(first > 0, cumulative[np.maximum(first - 1, 0)], 0)
+    medians = layout.medians
+    present = totals > 0
+    for j, q in enumerate(qs):
+        ranks = np.maximum(1, np.floor(q * totals + 0.5)).astype(np.int64)
+        pos = np.searchsorted(cumulative, before + ranks, side="left")
+        pos = np.minimum(pos, len(index) - 1)
+        values = medians[np.minimum(index[pos], len(medians) - 1)]
+        values = np.minimum(np.maximum(values, lo), hi)
+        out[:, j] = np.where(present, values, 0.0)
+    return out
+
+
+def bucket_counts(
+    bounds: FloatArray, values: FloatArray, codes: npt.NDArray[np.intp] | None, size: int
+) -> IntArray:
+    """Exact Prometheus bucket counts per group: (size, len(bounds) + 1), non-cumulative; a
+    value equal to a bound is in that bound's bucket (``le`` is ≤). NaN values are skipped."""
+    width = len(bounds) + 1
+    finite = ~np.isnan(values)
+    if not finite.all():
+        values = values[finite]
+        codes = None if codes is None else codes[finite]
+    slots = np.searchsorted(bounds, values, side="left")
+    if codes is None:
+        out = np.zeros((size, width), dtype=np.int64)
+        out[0] = np.bincount(slots, minlength=width)
+        return out
+    flat = np.bincount(codes * width + slots, minlength=size * width)
+    return flat.reshape(size, width).astype(np.int64)
 
 
 class Hist:

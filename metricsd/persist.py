@@ -1,9 +1,10 @@
-"""Saving and restoring tracker state (SPEC §7).
+"""Saving and restoring tracker state (SPEC §7, §8): a typed, versioned file that cannot run code.
 
-The state file is a small header and a pickle of each tracker's data attributes, written
-atomically (temporary file, fsync, rename, fsync of the directory). Reading it goes through a
-restricted unpickler that only builds plain containers, numpy arrays and metricsd's own state
-classes: it never calls an arbitrary function, so a tampered file cannot run code.
+The file is a magic line and one msgpack map of plain values: numbers, strings, lists, maps,
+and numeric arrays as ``{"dtype", "shape", "data": bytes}`` maps. Nothing in it names a class
+or a function, and reading it builds nothing but those plain values; each tracker's ``restore``
+then checks every value's type and bounds through :class:`Reader`, so a hostile or damaged file
+can only be refused (:class:`StateError`), never executed or half-applied.
 
 Three things keep a restore exact and safe:
 
@@ -11,53 +12,57 @@ Three things keep a restore exact and safe:
   clock and the wall clock at the save; after a restart the daemon's clock continues from the
   saved value plus the wall-clock time that passed (never negative), so windows age correctly
   across a restart and every stored timestamp stays valid. See :class:`Clock`.
-- **The live configuration wins.** ``Config``, ``Geometry`` and ``Layout`` objects are written
-  as references and resolved to the *current* ones on load; registries keep their factories.
-- **Incompatible means moved aside.** A file that does not read, has another format version, or
-  was written with a different window geometry or bucket layout is renamed to
-  ``<path>.corrupt-<unix time>`` with a warning, and the daemon starts empty.
+- **The live configuration wins.** Only data is saved; caps, buckets and windows come from the
+  configuration in force, and a file saved with other window slots, precision or bucket bounds
+  is refused whole (its arrays would not line up).
+- **Unreadable means moved aside.** A file that does not read, of any kind, is renamed to
+  ``<path>.corrupt-<unix time>`` with a warning (or, where it cannot be renamed, named in the
+  log and ignored) and the daemon starts empty. Temporary files of interrupted saves are removed
+  at start.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
+import math
 import os
-import pickle
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
 from metricsd.config import Config
-from metricsd.hist import Layout
-from metricsd.series import SeriesRegistry
-from metricsd.window import Geometry
 
 __all__ = [
     "FORMAT_VERSION",
     "Clock",
+    "Reader",
     "StateError",
-    "capture",
     "encode",
     "load",
     "move_aside",
-    "restore_into",
-    "save",
+    "remove_stale_temps",
     "write_atomic",
 ]
 
 log = logging.getLogger("metricsd.state")
 
-MAGIC: Final = b"METRICSD-STATE\n"
-FORMAT_VERSION: Final = 1
+MAGIC: Final = b"METRICSD-STATE v2\n"
+FORMAT_VERSION: Final = 2
+#: Numeric dtypes an array in the file may have (little-endian, fixed width).
+_DTYPES: Final = frozenset({"<f8", "<i8", "<u8", "<i4", "<u4", "|u1", "|b1", "|i1"})
+#: Upper bound of any array or list read (elements): far above any configured cap.
+MAX_ITEMS: Final = 1 << 28
 
 
 class StateError(Exception):
-    """The state file cannot be used (corrupt, another version, another layout)."""
+    """The state file cannot be used (corrupt, another version, another layout, wrong types)."""
 
 
 class Clock:
@@ -76,24 +81,6 @@ class Clock:
         return gap
 
 
-# --- capturing and restoring attributes -------------------------------------------------------
-
-
-def capture(obj: object, names: Iterable[str]) -> dict[str, Any]:
-    """The named data attributes of a tracker, for its ``state()``."""
-    return {name: getattr(obj, name) for name in names}
-
-
-def restore_into(obj: object, state: dict[str, Any]) -> None:
-    """Put saved attributes back; a registry adopts the saved series but keeps its factory."""
-    for name, value in state.items():
-        current = getattr(obj, name, None)
-        if isinstance(current, SeriesRegistry) and isinstance(value, SeriesRegistry):
-            current.adopt(value)
-        else:
-            setattr(obj, name, value)
-
-
 def layout_fingerprint(config: Config) -> str:
     """What the saved data's shape depends on: window slots, HDR precision, bucket bounds."""
     prom = config.prometheus
@@ -106,124 +93,61 @@ def layout_fingerprint(config: Config) -> str:
             list(prom.itl_buckets),
             list(prom.token_buckets),
             list(prom.cost_buckets),
-            list(getattr(prom, "tps_buckets", ())),
+            list(prom.tps_buckets),
+            list(prom.custom_buckets),
         ],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# --- pickling with references to the live configuration ----------------------------------------
+# --- writing ----------------------------------------------------------------------------------
 
 
-class _Pickler(pickle.Pickler):
-    def persistent_id(self, obj: Any) -> Any:
-        if isinstance(obj, Config):
-            return ("config",)
-        if isinstance(obj, Geometry):
-            return ("geometry",)
-        if isinstance(obj, Layout):
-            return ("layout", obj.highest, obj.significant_figures, obj.scale, obj.lowest)
-        return None
+def _plain(value: Any) -> Any:
+    """A tracker's state → msgpack-able plain values (arrays as typed maps)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:  # Python ints beyond int64: decimal strings
+            return {"ints": [str(int(v)) for v in value.ravel().tolist()],
+                    "shape": list(value.shape)}
+        arr = np.ascontiguousarray(value)
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        return {"dtype": dtype.str, "shape": list(arr.shape), "data": arr.astype(dtype).tobytes()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return {"int": str(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    return value
 
 
-#: Classes a state file may build, by module. Functions are never allowed: an unpickler that
-#: can call an arbitrary callable can run arbitrary code.
-_BUILTINS: Final = frozenset(
-    {"set", "frozenset", "list", "dict", "tuple", "bytearray", "bytes", "complex", "slice", "range"}
-)
-_ALLOWED: Final = {
-    "collections": frozenset({"deque", "Counter", "OrderedDict", "defaultdict"}),
-    "decimal": frozenset({"Decimal"}),
-    "fractions": frozenset({"Fraction"}),
-    "numpy": frozenset({"ndarray", "dtype"}),
-    "numpy.core.multiarray": frozenset({"_reconstruct", "scalar"}),
-    "numpy._core.multiarray": frozenset({"_reconstruct", "scalar"}),
-    "numpy.core.numeric": frozenset({"_frombuffer"}),
-    "numpy._core.numeric": frozenset({"_frombuffer"}),
-}
-_STATE_MODULES: Final = (
-    "metricsd.hist",
-    "metricsd.window",
-    "metricsd.series",
-    "metricsd.budgets",
-    "metricsd.trackers.",
-)
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, config: Config, geometry: Geometry) -> None:
-        super().__init__(io.BytesIO(data))
-        self._config = config
-        self._geometry = geometry
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _BUILTINS:
-            return super().find_class(module, name)
-        if name in _ALLOWED.get(module, ()):
-            return super().find_class(module, name)
-        if module.startswith("numpy.dtypes") and name.endswith("DType"):
-            return super().find_class(module, name)
-        if module == "metricsd.trackers" or module.startswith(_STATE_MODULES):
-            found = super().find_class(module, name)
-            if isinstance(found, type):
-                return found
-        raise StateError(f"the state file refers to {module}.{name}, which is not state")
-
-    def persistent_load(self, pid: Any) -> Any:
-        if pid == ("config",):
-            return self._config
-        if pid == ("geometry",):
-            return self._geometry
-        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "layout":
-            return Layout(highest=pid[1], significant_figures=pid[2], scale=pid[3], lowest=pid[4])
-        raise StateError(f"unknown reference {pid!r} in the state file")
-
-
-# --- the file ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """A state file's content: the trackers' states and the clock at the save."""
-
-    trackers: dict[str, dict[str, Any]]
-    saved_now: float
-    saved_wall: float
-
-
-def save(
-    path: str | os.PathLike[str],
-    trackers: dict[str, dict[str, Any]],
-    config: Config,
-    now: float,
-    wall: float,
-) -> int:
-    """Write the state atomically; returns the number of bytes written."""
-    return write_atomic(Path(path), encode(trackers, config, now, wall))
-
-
-def encode(trackers: dict[str, dict[str, Any]], config: Config, now: float, wall: float) -> bytes:
-    """The state file's bytes. Runs where the state lives (the event loop): it is a snapshot."""
-    buffer = io.BytesIO()
-    _Pickler(buffer, protocol=5).dump(trackers)
-    header = json.dumps(
-        {
-            "format": FORMAT_VERSION,
-            "layout": layout_fingerprint(config),
-            "saved_now": now,
-            "saved_wall": wall,
-        }
-    ).encode()
-    return MAGIC + len(header).to_bytes(4, "big") + header + buffer.getvalue()
+def encode(trackers: dict[str, Any], config: Config, now: float, wall: float) -> bytes:
+    """The state file's bytes."""
+    body = {
+        "format": FORMAT_VERSION,
+        "layout": layout_fingerprint(config),
+        "saved_now": now,
+        "saved_wall": wall,
+        "trackers": _plain(trackers),
+    }
+    return MAGIC + msgpack.packb(body, use_bin_type=True)
 
 
 def write_atomic(path: Path, data: bytes) -> int:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -232,44 +156,209 @@ def write_atomic(path: Path, data: bytes) -> int:
     return len(data)
 
 
-def load(path: str | os.PathLike[str], config: Config, geometry: Geometry) -> Loaded:
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files left by saves that a crash interrupted (``.<name>.tmp-<pid>``)."""
+    target = Path(path)
+    removed: list[Path] = []
+    try:
+        candidates = list(target.parent.glob(f".{target.name}.tmp-*"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError as exc:
+            log.warning("could not remove the leftover %s: %s", tmp, exc)
+    if removed:
+        log.info("removed %d temporary state file(s) of interrupted saves", len(removed))
+    return removed
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A state file's content: the trackers' states and the clock at the save."""
+
+    trackers: dict[str, Any]
+    saved_now: float
+    saved_wall: float
+
+
+def load(path: str | os.PathLike[str], config: Config) -> Loaded:
     """Read a state file; raises StateError if it cannot be used."""
     data = Path(path).read_bytes()
     if not data.startswith(MAGIC):
-        raise StateError("not a metricsd state file")
+        raise StateError("not a metricsd state file (or one of an older format)")
     try:
-        size = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 4], "big")
-        start = len(MAGIC) + 4
-        header = json.loads(data[start : start + size])
-        payload = data[start + size :]
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StateError(f"unreadable header: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-        raise StateError(
-            f"format {header.get('format') if isinstance(header, dict) else '?'} "
-            f"is not {FORMAT_VERSION}"
+        body = msgpack.unpackb(
+            data[len(MAGIC) :], raw=False, strict_map_key=True, use_list=True,
+            max_bin_len=1 << 31, max_str_len=1 << 24,
         )
-    if header.get("layout") != layout_fingerprint(config):
+    except Exception as exc:  # truncated or tampered data: any msgpack error
+        raise StateError(f"unreadable state: {type(exc).__name__}") from None
+    r = Reader("state")
+    body = r.map(body)
+    if body.get("format") != FORMAT_VERSION:
+        raise StateError(f"format {body.get('format')!r} is not {FORMAT_VERSION}")
+    if body.get("layout") != layout_fingerprint(config):
         raise StateError(
             "saved with other window slots, precision or bucket bounds than configured now"
         )
-    try:
-        trackers = _Unpickler(payload, config, geometry).load()
-    except StateError:
-        raise
-    except Exception as exc:  # truncated or tampered data: any unpickling error
-        raise StateError(f"unreadable state: {type(exc).__name__}") from None
-    if not isinstance(trackers, dict):
-        raise StateError("unexpected content")
-    return Loaded(trackers, float(header["saved_now"]), float(header["saved_wall"]))
+    return Loaded(
+        r.map(body.get("trackers"), "trackers"),
+        r.float(body.get("saved_now"), "saved_now"),
+        r.float(body.get("saved_wall"), "saved_wall"),
+    )
 
 
-def move_aside(path: str | os.PathLike[str], reason: str) -> Path:
-    """Rename an unusable state file so it is kept for inspection but never read again."""
+def move_aside(path: str | os.PathLike[str], reason: str) -> Path | None:
+    """Rename an unusable state file so it is kept for inspection but never read again; when
+    it cannot be renamed (a read-only directory), name it in the log and go on without it."""
     source = Path(path)
     target = source.with_name(f"{source.name}.corrupt-{int(time.time())}")
-    os.replace(source, target)
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        log.warning(
+            "state file %s cannot be used (%s) and cannot be moved aside (%s); ignoring it, "
+            "starting empty",
+            source,
+            reason,
+            exc,
+        )
+        return None
     log.warning(
         "state file %s cannot be used (%s); moved to %s, starting empty", source, reason, target
     )
     return target
+
+
+class Reader:
+    """Typed reads of a decoded state: every value checked, anything else a StateError."""
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, what: str, path: str) -> StateError:
+        return StateError(f"{self.where}.{path}: {what}")
+
+    def map(self, value: Any, path: str = "") -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail("not a map", path)
+        return value
+
+    def list(self, value: Any, path: str, limit: int = MAX_ITEMS) -> list[Any]:
+        if not isinstance(value, list) or len(value) > limit:
+            raise self.fail("not a list (or too long)", path)
+        return value
+
+    def int(self, value: Any, path: str, lo: int | None = None) -> int:
+        if isinstance(value, dict) and set(value) == {"int"} and isinstance(value["int"], str):
+            try:
+                value = int(value["int"])
+            except ValueError:
+                raise self.fail("not an integer", path) from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail("not an integer", path)
+        if lo is not None and value < lo:
+            raise self.fail(f"below {lo}", path)
+        return value
+
+    def float(self, value: Any, path: str) -> float:
+        if isinstance(value, dict) and set(value) == {"float"}:
+            text = value["float"]
+            if text not in ("inf", "-inf", "nan"):
+                raise self.fail("not a number", path)
+            return float(text)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail("not a number", path)
+        return float(value)
+
+    def opt_float(self, value: Any, path: str) -> float | None:
+        return None if value is None else self.float(value, path)
+
+    def str(self, value: Any, path: str, limit: int = 1 << 16) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            raise self.fail("not a string (or too long)", path)
+        return value
+
+    def opt_str(self, value: Any, path: str) -> str | None:
+        return None if value is None else self.str(value, path)
+
+    def bool(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail("not a boolean", path)
+        return value
+
+    def counts(self, value: Any, path: str, limit: int = MAX_ITEMS) -> dict[str, int]:
+        """A map of label → non-negative integer."""
+        out: dict[str, int] = {}
+        for k, v in self.map(value, path).items():
+            out[self.str(k, path)] = self.int(v, f"{path}.{k}", 0)
+            if len(out) > limit:
+                raise self.fail("too many entries", path)
+        return out
+
+    def array(
+        self,
+        value: Any,
+        path: str,
+        dtype: Any,
+        tail: tuple[int, ...] = (),
+        exact: bool = False,
+    ) -> npt.NDArray[Any]:
+        """A numeric array of the given dtype and trailing shape (Python-int arrays are
+        allowed where ``exact`` integers may exceed int64)."""
+        m = self.map(value, path)
+        shape_raw = self.list(m.get("shape"), f"{path}.shape", 4)
+        shape = tuple(self.int(d, f"{path}.shape", 0) for d in shape_raw)
+        if not shape or shape[1:] != tail:
+            raise self.fail(f"shape {shape} does not end in {tail}", path)
+        size = math.prod(shape)
+        if size > MAX_ITEMS:
+            raise self.fail("too large", path)
+        if "ints" in m:
+            if not exact:
+                raise self.fail("integers beyond 64 bits where they cannot be", path)
+            items = self.list(m["ints"], f"{path}.ints")
+            if len(items) != size:
+                raise self.fail("wrong number of values", path)
+            try:
+                values = [int(self.str(v, path, 4096)) for v in items]
+            except ValueError:
+                raise self.fail("not an integer", path) from None
+            arr = np.empty(size, dtype=object)
+            arr[:] = values
+            return arr.reshape(shape)
+        kind = m.get("dtype")
+        data = m.get("data")
+        if kind not in _DTYPES or not isinstance(data, bytes):
+            raise self.fail("not a numeric array", path)
+        dt = np.dtype(kind)
+        if len(data) != size * dt.itemsize:
+            raise self.fail("data does not match its shape", path)
+        arr = np.frombuffer(data, dtype=dt).reshape(shape)
+        want = np.dtype(dtype)
+        if want.kind == "f" and dt.kind not in "fiu":
+            raise self.fail("not a float array", path)
+        if want.kind in "iu" and dt.kind not in "iu":
+            raise self.fail("not an integer array", path)
+        if want.kind == "b" and dt.kind != "b":
+            raise self.fail("not a boolean array", path)
+        return arr.astype(want)
+
+    def keys(self, value: Any, path: str, arity: int) -> list[tuple[Any, ...]]:
+        """Label tuples: lists of ``arity`` strings (None allowed)."""
+        out = []
+        for i, key in enumerate(self.list(value, path)):
+            items = self.list(key, f"{path}[{i}]", arity)
+            if len(items) != arity:
+                raise self.fail(f"a key of {len(items)} labels, not {arity}", path)
+            out.append(tuple(None if v is None else self.str(v, path, 4096) for v in items))
+        return out
+

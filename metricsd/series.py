@@ -1,107 +1,285 @@
-"""Label-set registry: one per tracker, with a cardinality cap, overflow folding and idle TTL.
+"""Label sets → dense integer ids, bounded (SPEC §3.3), with the per-series arrays beside them.
 
-SPEC §3.3: at most ``max_series`` label sets per tracker; a new label set beyond the cap is folded
-into ``__overflow__`` for every label (so its numbers still count, in one place) and counted.
-Series idle longer than ``ttl`` seconds are dropped. The registry stores whatever state object
-the tracker makes for a series; it never looks inside.
+A :class:`SeriesTable` gives every label tuple a small integer id, so a tracker keeps its state
+*series-major*: one numpy array per quantity, indexed by id, updated for a whole batch with one
+``bincount`` or ``add.at`` instead of one Python object per series. The table:
+
+- caps the number of label sets (``max_series``); a new one beyond the cap is folded into
+  ``__overflow__`` for every label (so its numbers still count, in one place) and counted;
+- drops series idle for longer than ``ttl`` and zeroes their rows; an id is reused only after
+  ``hold`` seconds more, so windows that still hold old samples of it never mix two series;
+- records, per series, the engine's write sequence number of its last change (``versions``), so
+  readers re-render only what changed since they last looked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Final
 
-__all__ = ["OVERFLOW", "SeriesRegistry"]
+import numpy as np
+import numpy.typing as npt
 
-OVERFLOW = "__overflow__"
-S = TypeVar("S")
+__all__ = ["OVERFLOW", "SeriesTable", "TableView"]
+
+OVERFLOW: Final = "__overflow__"
+_START: Final = 16
 
 
-class SeriesRegistry(Generic[S]):
-    """label tuple → series state, bounded."""
+class TableView:
+    """A frozen copy of a table's keys and versions (what a snapshot holds)."""
 
-    __slots__ = ("_factory", "_last_seen", "_series", "max_series", "name", "overflowed", "ttl")
+    __slots__ = ("ids", "keys", "order", "versions")
 
-    def __init__(
-        self, name: str, factory: Callable[[tuple[str, ...]], S], max_series: int, ttl: float
-    ) -> None:
-        self.name = name
-        self._factory = factory
-        self.max_series = max_series
-        self.ttl = ttl
-        self._series: dict[tuple[str, ...], S] = {}
-        self._last_seen: dict[tuple[str, ...], float] = {}
-        self.overflowed = 0  # label sets folded into the overflow series (lifetime)
+    def __init__(self, keys: list[tuple[Any, ...] | None], versions: npt.NDArray[np.int64]) -> None:
+        self.keys = keys
+        self.versions = versions
+        #: Live ids in label order (what exposition and JSON walk).
+        live = [(k, i) for i, k in enumerate(keys) if k is not None]
+        live.sort(key=_sort_key)
+        self.order = [i for _k, i in live]
+        self.ids = {k: i for k, i in live}
 
-    def get(self, labels: tuple[str, ...], now: float, count: int = 1) -> S:
-        """The series for ``labels``, created (or folded into overflow) as needed.
-
-        ``count`` is how many events this lookup stands for, so the overflow counter counts
-        events folded, not lookups.
-        """
-        series = self._series.get(labels)
-        if series is None:
-            if len(self._series) >= self.max_series:
-                self.overflowed += count
-                labels = (OVERFLOW,) * len(labels)
-                series = self._series.get(labels)
-            if series is None:
-                series = self._factory(labels)
-                self._series[labels] = series
-        self._last_seen[labels] = now
-        return series
-
-    def expire(self, now: float) -> int:
-        """Drop series idle for longer than the TTL; returns how many were dropped."""
-        cutoff = now - self.ttl
-        stale = [k for k, t in self._last_seen.items() if t < cutoff]
-        for key in stale:
-            del self._series[key]
-            del self._last_seen[key]
-        return len(stale)
-
-    def items(self) -> Iterator[tuple[tuple[str, ...], S]]:
-        return iter(list(self._series.items()))
-
-    def last_seen(self, labels: tuple[str, ...]) -> float:
-        return self._last_seen[labels]
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Saved without its factory: the restoring tracker's registry keeps its own."""
-        return {
-            "name": self.name,
-            "series": self._series,
-            "last_seen": self._last_seen,
-            "overflowed": self.overflowed,
-            "max_series": self.max_series,
-            "ttl": self.ttl,
-        }
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.name = state["name"]
-        self._series = state["series"]
-        self._last_seen = state["last_seen"]
-        self.overflowed = state["overflowed"]
-        self.max_series = state["max_series"]
-        self.ttl = state["ttl"]
-        self._factory = _no_factory
-
-    def adopt(self, saved: SeriesRegistry[S]) -> None:
-        """Take a saved registry's series (a restore); caps and TTL stay as configured now.
-
-        Beyond a (lowered) cap the newest series are kept.
-        """
-        keys = sorted(saved._series, key=saved._last_seen.__getitem__)[-self.max_series :]
-        self._series = {k: saved._series[k] for k in keys}
-        self._last_seen = {k: saved._last_seen[k] for k in keys}
-        self.overflowed = saved.overflowed
+    def items(self) -> list[tuple[tuple[Any, ...], int]]:
+        keys = self.keys
+        return [(keys[i], i) for i in self.order]  # type: ignore[misc]
 
     def __len__(self) -> int:
-        return len(self._series)
-
-    def __contains__(self, labels: object) -> bool:
-        return labels in self._series
+        return len(self.order)
 
 
-def _no_factory(labels: tuple[str, ...]) -> Any:
-    raise RuntimeError("a restored registry must be adopted by a live one before use")
+def _sort_key(item: tuple[tuple[Any, ...] | None, int]) -> tuple[Any, ...]:
+    key = item[0]
+    assert key is not None
+    return tuple("" if v is None else str(v) for v in key)
+
+
+class SeriesTable:
+    """label tuple → id, bounded; see the module docstring."""
+
+    __slots__ = (
+        "_fills",
+        "_free",
+        "_held",
+        "_view",
+        "_view_shape",
+        "arity",
+        "arrays",
+        "capacity",
+        "hold",
+        "index",
+        "keys",
+        "last_seen",
+        "max_series",
+        "name",
+        "overflowed",
+        "shape",
+        "ttl",
+        "versions",
+    )
+
+    def __init__(
+        self, name: str, arity: int, max_series: int, ttl: float, hold: float = 0.0
+    ) -> None:
+        self.name = name
+        self.arity = arity
+        self.max_series = max_series
+        self.ttl = ttl
+        self.hold = hold
+        self.index: dict[tuple[Any, ...], int] = {}
+        self.keys: list[tuple[Any, ...] | None] = []
+        self.capacity = 0
+        self.last_seen = np.zeros(0, dtype=np.float64)
+        self.versions = np.zeros(0, dtype=np.int64)
+        self.arrays: dict[str, npt.NDArray[Any]] = {}
+        self._fills: dict[str, Any] = {}
+        self._free: list[int] = []
+        self._held: deque[tuple[float, int]] = deque()
+        self.overflowed = 0  # events folded into the overflow series (lifetime)
+        self.shape = 0  # bumped whenever a series is added or dropped
+        self._view: TableView | None = None
+        self._view_shape = -1
+
+    # --- per-series arrays ----------------------------------------------------------------
+
+    def add_array(
+        self, name: str, tail: tuple[int, ...] = (), dtype: Any = np.int64, fill: Any = 0
+    ) -> None:
+        """Register an array of shape (capacity, *tail) that grows with the table."""
+        self.arrays[name] = np.full((self.capacity, *tail), fill, dtype=dtype)
+        self._fills[name] = fill
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        for name, arr in self.arrays.items():
+            grown = np.full((capacity, *arr.shape[1:]), self._fills[name], dtype=arr.dtype)
+            grown[:old] = arr
+            self.arrays[name] = grown
+        for attr, fill in (("last_seen", 0.0), ("versions", 0)):
+            arr = getattr(self, attr)
+            grown = np.full(capacity, fill, dtype=arr.dtype)
+            grown[:old] = arr
+            setattr(self, attr, grown)
+        self.keys.extend([None] * (capacity - old))
+        self._free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    # --- lookups --------------------------------------------------------------------------
+
+    def ids(
+        self,
+        keys: Sequence[tuple[Any, ...]],
+        counts: npt.NDArray[Any] | Sequence[int],
+        now: float,
+        version: int,
+    ) -> npt.NDArray[np.intp]:
+        """The id of each key (created, or folded into the overflow series at the cap), marked
+        seen at ``now`` and changed at ``version``. ``counts`` are the events behind each key,
+        so the overflow counter counts events, not lookups."""
+        index = self.index
+        out = np.empty(len(keys), dtype=np.intp)
+        for i, key in enumerate(keys):
+            sid = index.get(key)
+            if sid is None:
+                sid = self._new(key, int(counts[i]), now)
+            out[i] = sid
+        self.last_seen[out] = now
+        self.versions[out] = version
+        return out
+
+    def id(self, key: tuple[Any, ...], now: float, version: int, count: int = 1) -> int:
+        return int(self.ids([key], [count], now, version)[0])
+
+    def _new(self, key: tuple[Any, ...], count: int, now: float) -> int:
+        if len(self.index) >= self.max_series:
+            self.overflowed += count
+            key = (OVERFLOW,) * self.arity
+            found = self.index.get(key)
+            if found is not None:
+                return found
+        self._release(now)
+        if not self._free:
+            self._grow(max(_START, self.capacity * 2))
+        sid = self._free.pop()
+        self.index[key] = sid
+        self.keys[sid] = key
+        self.shape += 1
+        return sid
+
+    def get(self, key: tuple[Any, ...]) -> int | None:
+        return self.index.get(key)
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[int]:
+        """Drop series idle for longer than the TTL (their rows zeroed); returns their ids."""
+        if not self.index:
+            return []
+        live = np.fromiter(self.index.values(), dtype=np.intp, count=len(self.index))
+        stale = live[self.last_seen[live] < now - self.ttl]
+        if stale.size == 0:
+            return []
+        dropped = stale.tolist()
+        self.drop(dropped, now)
+        return dropped
+
+    def drop(self, ids: list[int], now: float) -> None:
+        for sid in ids:
+            key = self.keys[sid]
+            if key is not None:
+                del self.index[key]
+                self.keys[sid] = None
+                self._held.append((now, sid))
+        rows = np.asarray(ids, dtype=np.intp)
+        for name, arr in self.arrays.items():
+            arr[rows] = self._fills[name]
+        self.shape += 1
+
+    def _release(self, now: float) -> None:
+        """Ids dropped ``hold`` seconds ago may be reused."""
+        held = self._held
+        while held and held[0][0] <= now - self.hold:
+            self._free.append(held.popleft()[1])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.index
+
+    # --- reading --------------------------------------------------------------------------
+
+    def view(self) -> TableView:
+        """Keys and versions, frozen (the keys part is shared until the next add or drop)."""
+        if self._view is None or self._view_shape != self.shape:
+            self._view = TableView(list(self.keys), self.versions.copy())
+            self._view_shape = self.shape
+            return self._view
+        view = TableView.__new__(TableView)
+        view.keys, view.order, view.ids = self._view.keys, self._view.order, self._view.ids
+        view.versions = self.versions.copy()
+        return view
+
+    def items(self) -> list[tuple[tuple[Any, ...], int]]:
+        """(key, id) of every live series, in label order."""
+        return self.view().items()
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, Any], npt.NDArray[np.intp]]:
+        """The live series (keys, last seen, arrays, in id order), and each id's saved row
+        (−1 for a free id): the windows renumber their ids with it."""
+        live = sorted(self.index.values())
+        ids = np.array(live, dtype=np.intp)
+        rows = np.full(self.capacity, -1, dtype=np.intp)
+        rows[ids] = np.arange(len(ids))
+        state = {
+            "keys": [list(self.keys[i]) for i in live],  # type: ignore[arg-type]
+            "last_seen": self.last_seen[ids],
+            "overflowed": self.overflowed,
+            "arrays": {name: arr[ids] for name, arr in self.arrays.items()},
+        }
+        return state, rows
+
+    def restore(
+        self, state: Any, reader: Any, now: float, version: int = 0
+    ) -> npt.NDArray[np.intp]:
+        """Load saved series (beyond a lowered cap, the most recently seen are kept); returns
+        the new id of each saved row, −1 for one not kept. Every value is checked."""
+        r = reader
+        m = r.map(state, self.name)
+        keys = r.keys(m.get("keys"), f"{self.name}.keys", self.arity)
+        seen = r.array(m.get("last_seen"), f"{self.name}.last_seen", np.float64)
+        if len(seen) != len(keys):
+            raise r.fail("keys and last_seen differ in length", self.name)
+        arrays = r.map(m.get("arrays"), f"{self.name}.arrays")
+        loaded: dict[str, npt.NDArray[Any]] = {}
+        for name, arr in self.arrays.items():
+            if name not in arrays:
+                raise r.fail(f"missing array {name}", self.name)
+            exact = arr.dtype.kind in "iuO"
+            want = np.int64 if arr.dtype == object else arr.dtype
+            got = r.array(arrays[name], f"{self.name}.{name}", want, arr.shape[1:], exact=exact)
+            if arr.dtype == object:
+                got = got.astype(object)
+            if len(got) != len(keys):
+                raise r.fail(f"array {name} has {len(got)} rows, not {len(keys)}", self.name)
+            loaded[name] = got
+        order = np.argsort(seen, kind="stable")[::-1][: self.max_series]
+        out = np.full(len(keys), -1, dtype=np.intp)
+        for row in sorted(order.tolist()):
+            if keys[row] in self.index:
+                raise r.fail("a key appears twice", self.name)
+            sid = self._new(keys[row], 0, now)
+            out[row] = sid
+            self.last_seen[sid] = seen[row]
+            self.versions[sid] = version
+        self.overflowed = r.int(m.get("overflowed"), f"{self.name}.overflowed", 0)
+        keep = out >= 0
+        for name, got in loaded.items():
+            arr = self.arrays[name]
+            if got.dtype == object and arr.dtype != object:
+                arr = self.arrays[name] = arr.astype(object)
+            arr[out[keep]] = got[keep]
+        return out

@@ -1,38 +1,55 @@
-"""Sliding windows from rings of time slots (SPEC §4 general rules).
+"""Sliding windows from rings of time slots (SPEC §4 general rules), series-major.
 
-Time is the daemon's monotonic clock, cut into slots (default 10 s). Two rings per series:
+Time is the daemon's monotonic clock, cut into slots (default 10 s). Two rings:
 
 - the *short* ring holds the last ``short_slots`` slots (default 30 × 10 s = 5 min): windows up to
   5 minutes slide in 10-second steps;
 - the *long* ring holds groups of ``group_slots`` slots (default 30, i.e. 5 minutes) for
   ``long_groups`` groups (default 12 = 1 hour): longer windows slide in 5-minute steps.
 
-Every write goes to the current slot of both rings; nothing is re-merged on a tick. A window of
-W seconds is the current slot plus the previous ``ceil(W / step) - 1`` ones, and its real span
-(``now − start of the oldest slot``) is returned with it, so a rate divides by the time really
-covered. Histogram slots are kept sparse (nonzero buckets only) and compressed once closed;
-the 5-minute histogram is also kept as one dense running sum (the slot that expires is
-subtracted), because that is the window read on every tick.
+A window of W seconds is the current slot plus the previous ``ceil(W / step) - 1`` ones, and its
+real span (``now − start of the oldest slot``) is returned with it, so a rate divides by the time
+really covered.
+
+One log holds every series of a tracker: :class:`CounterLog` for additive counters,
+:class:`HistLog` for HDR histograms with exact count, sum, min and max beside them. The slot
+being written is a dense accumulator indexed by series id; when the slot ends, only the series
+it touched are kept, as sorted sparse arrays that never change again. Freezing a log for a
+snapshot (:meth:`CounterLog.freeze`, :meth:`HistLog.freeze`) therefore copies only the open
+slot's touched rows; readers reduce the frozen slots of a window by any grouping of the series
+(per endpoint, per model, all together) with a few numpy calls.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from metricsd.hist import Layout, quantiles_from_counts
+from metricsd.hist import Layout, exact_sums, exact_value, group_quantiles
 
-__all__ = ["CounterRing", "Geometry", "HistRing", "HistView"]
+__all__ = [
+    "CounterLog",
+    "CounterWindows",
+    "Geometry",
+    "GroupHist",
+    "HistLog",
+    "HistView",
+    "HistWindows",
+    "rate",
+]
 
 FloatArray = npt.NDArray[np.float64]
-_EMPTY = np.zeros(0, dtype=np.uint64)
-_LOW32 = np.uint64(0xFFFFFFFF)
-_MAX_CHUNKS = 16  # open chunks per slot before they are merged
+IntArray = npt.NDArray[np.int64]
+_SHIFT: Final = np.uint64(32)
+_LOW32: Final = np.uint64(0xFFFFFFFF)
+_MAX_CHUNKS: Final = 16  # open chunks of a histogram slot before they are merged
+_DENSE_LIMIT: Final = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -72,44 +89,651 @@ class Geometry:
         return True, first, now - first * step * self.slot_seconds
 
 
-class CounterRing:
-    """F additive counters over the two rings (requests, errors, tokens, …)."""
+def rate(count: float, span: float, age: float) -> float:
+    """Events per second over a window: count ÷ min(window span, series age), floored at 1 s.
 
-    __slots__ = ("_long", "_long_idx", "_short", "_short_idx", "geometry")
+    The series age stops the start-up spike of dividing by the time since the oldest sample
+    (one event 0.2 ms ago would read 5 000/s); the 1 s floor keeps a brand-new series honest.
+    """
+    return count / max(1.0, min(span, age))
+
+
+def _grown(arr: npt.NDArray[Any], need: int, fill: Any = 0) -> npt.NDArray[Any]:
+    size = max(16, len(arr))
+    while size <= need:
+        size *= 2
+    out = np.full((size, *arr.shape[1:]), fill, dtype=arr.dtype)
+    out[: len(arr)] = arr
+    return out
+
+
+# --- counters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Sparse:
+    """One closed slot (or group) of counters: the series it touched and their sums."""
+
+    index: int
+    ids: npt.NDArray[np.intp]
+    values: FloatArray  # (len(ids), F)
+
+
+class _OpenCounters:
+    __slots__ = ("acc", "index", "touched")
+
+    def __init__(self, fields: int) -> None:
+        self.index = -(1 << 62)
+        self.acc = np.zeros((0, fields), dtype=np.float64)
+        self.touched = np.zeros(0, dtype=bool)
+
+    def add(self, ids: npt.NDArray[np.intp], values: FloatArray) -> None:
+        top = int(ids.max())
+        if top >= len(self.acc):
+            self.acc = _grown(self.acc, top)
+            self.touched = _grown(self.touched, top, False)
+        np.add.at(self.acc, ids, values)
+        self.touched[ids] = True
+
+    def close(self) -> _Sparse | None:
+        ids = np.flatnonzero(self.touched)
+        if ids.size == 0:
+            return None
+        out = _Sparse(self.index, ids, self.acc[ids].copy())
+        self.acc[ids] = 0.0
+        self.touched[ids] = False
+        return out
+
+
+class CounterLog:
+    """F additive counters per series over the two rings; see the module docstring."""
+
+    __slots__ = ("_group", "_long", "_short", "_slot", "fields", "geometry")
 
     def __init__(self, geometry: Geometry, fields: int) -> None:
         self.geometry = geometry
-        self._short = np.zeros((geometry.short_slots, fields), dtype=np.float64)
-        self._short_idx = np.full(geometry.short_slots, -(1 << 62), dtype=np.int64)
-        self._long = np.zeros((geometry.long_groups + 1, fields), dtype=np.float64)
-        self._long_idx = np.full(geometry.long_groups + 1, -(1 << 62), dtype=np.int64)
+        self.fields = fields
+        self._short: deque[_Sparse] = deque()
+        self._long: deque[_Sparse] = deque()
+        self._slot = _OpenCounters(fields)
+        self._group = _OpenCounters(fields)
 
-    def add(self, now: float, values: npt.ArrayLike) -> None:
+    def add(self, now: float, ids: npt.NDArray[np.intp], values: npt.ArrayLike) -> None:
+        """Add ``values`` (one row of F per id; ids may repeat) at ``now``."""
+        if len(ids) == 0:
+            return
+        self._advance(now)
+        vals = np.asarray(values, dtype=np.float64).reshape(len(ids), self.fields)
+        self._slot.add(ids, vals)
+        self._group.add(ids, vals)
+
+    def _advance(self, now: float) -> None:
         g = self.geometry
         slot = g.slot(now)
-        pos = slot % g.short_slots
-        if self._short_idx[pos] != slot:
-            self._short[pos] = 0.0
-            self._short_idx[pos] = slot
-        self._short[pos] += values
-        group = slot // g.group_slots
-        lpos = group % len(self._long_idx)
-        if self._long_idx[lpos] != group:
-            self._long[lpos] = 0.0
-            self._long_idx[lpos] = group
-        self._long[lpos] += values
+        for open_, ring, index, keep in (
+            (self._slot, self._short, slot, g.short_slots),
+            (self._group, self._long, slot // g.group_slots, g.long_groups),
+        ):
+            if open_.index != index:
+                closed = open_.close()
+                if closed is not None:
+                    ring.append(closed)
+                open_.index = index
+            while ring and ring[0].index <= index - keep:
+                ring.popleft()
 
-    def window(self, now: float, seconds: float) -> tuple[FloatArray, float]:
-        """Sums of every field over the window, and the window's real span in seconds."""
+    def freeze(self, now: float) -> CounterWindows:
+        self._advance(now)
+        short = [*self._short]
+        long = [*self._long]
+        for open_, ring in ((self._slot, short), (self._group, long)):
+            ids = np.flatnonzero(open_.touched)
+            if ids.size:
+                ring.append(_Sparse(open_.index, ids, open_.acc[ids].copy()))
+        return CounterWindows(self.geometry, self.fields, tuple(short), tuple(long))
+
+    def window(self, now: float, seconds: float, size: int) -> tuple[FloatArray, float]:
+        return self.freeze(now).window(now, seconds, size)
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def state(self, now: float, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
+        """The slots, with series ids renumbered by ``keep`` (old id → saved row, −1 drop)."""
+        frozen = self.freeze(now)
+        return {
+            "short": [_save_sparse(s, keep) for s in frozen.short],
+            "long": [_save_sparse(s, keep) for s in frozen.long],
+        }
+
+    def restore(self, state: Any, remap: npt.NDArray[np.intp], r: Any, path: str) -> None:
+        """Slots saved by :meth:`state`; saved rows become ids through ``remap`` (−1: gone)."""
+        m = r.map(state, path)
+        self._short = deque(
+            _load_sparse(s, remap, self.fields, r, f"{path}.short")
+            for s in r.list(m.get("short"), f"{path}.short", 10_000)
+        )
+        self._long = deque(
+            _load_sparse(s, remap, self.fields, r, f"{path}.long")
+            for s in r.list(m.get("long"), f"{path}.long", 10_000)
+        )
+
+
+def _save_sparse(s: _Sparse, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
+    inside = s.ids < len(keep)
+    rows = np.full(len(s.ids), -1, dtype=np.intp)
+    rows[inside] = keep[s.ids[inside]]
+    ok = rows >= 0
+    return {"index": s.index, "ids": rows[ok].astype(np.int64), "values": s.values[ok]}
+
+
+def _remapped(ids: npt.NDArray[Any], remap: npt.NDArray[np.intp], r: Any, path: str
+              ) -> npt.NDArray[np.intp]:
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= len(remap)):
+        raise r.fail("a series row out of range", path)
+    return remap[ids.astype(np.intp)] if ids.size else np.zeros(0, dtype=np.intp)
+
+
+def _load_sparse(
+    s: Any, remap: npt.NDArray[np.intp], fields: int, r: Any, path: str
+) -> _Sparse:
+    m = r.map(s, path)
+    ids = _remapped(r.array(m.get("ids"), f"{path}.ids", np.int64), remap, r, path)
+    values = r.array(m.get("values"), f"{path}.values", np.float64, (fields,))
+    if len(values) != len(ids):
+        raise r.fail("ids and values differ in length", path)
+    ok = ids >= 0
+    return _Sparse(r.int(m.get("index"), f"{path}.index"), ids[ok], values[ok])
+
+
+@dataclass(frozen=True, slots=True)
+class CounterWindows:
+    """A frozen CounterLog: every slot and group it held at the freeze."""
+
+    geometry: Geometry
+    fields: int
+    short: tuple[_Sparse, ...]
+    long: tuple[_Sparse, ...]
+
+    def window(self, now: float, seconds: float, size: int) -> tuple[FloatArray, float]:
+        """Per-series sums over the window (dense, ``size`` rows) and its real span."""
         use_long, first, span = self.geometry.plan(now, seconds)
-        if use_long:
-            mask = self._long_idx >= first
-            return self._long[mask].sum(axis=0), span
-        mask = self._short_idx >= first
-        return self._short[mask].sum(axis=0), span
+        out = np.zeros((size, self.fields), dtype=np.float64)
+        for s in self.long if use_long else self.short:
+            if s.index >= first:
+                inside = s.ids < size
+                if inside.all():
+                    out[s.ids] += s.values
+                else:
+                    out[s.ids[inside]] += s.values[inside]
+        return out, span
+
+    def merged(self, others: list[CounterWindows]) -> CounterWindows:
+        """Windows of several logs (same series ids): slots concatenated."""
+        return CounterWindows(
+            self.geometry,
+            self.fields,
+            tuple(s for w in (self, *others) for s in w.short),
+            tuple(s for w in (self, *others) for s in w.long),
+        )
+
+
+# --- histograms -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _HistSlot:
+    """One slot (or group): sparse (series << 32 | bucket) counts and per-series stats.
+
+    A closed slot keeps its buckets sealed (:func:`_seal`: a few bytes per bucket instead of
+    sixteen), the open slot of a snapshot as arrays. ``total`` holds exact sums of the values
+    (Python ints of 2**-80, an object array)."""
+
+    index: int
+    keys_: npt.NDArray[np.uint64] | None
+    counts_: npt.NDArray[np.uint64] | None
+    ids: npt.NDArray[np.intp]
+    count: IntArray
+    total: npt.NDArray[Any]
+    lo: FloatArray
+    hi: FloatArray
+    blob: bytes = b""
+
+    def entries(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        if self.keys_ is not None and self.counts_ is not None:
+            return self.keys_, self.counts_
+        return _unseal(self.blob)
+
+    def sealed(self) -> _HistSlot:
+        if self.keys_ is None:
+            return self
+        return _HistSlot(
+            self.index, None, None, self.ids, self.count, self.total, self.lo, self.hi,
+            _seal(self.keys_, self.counts_),
+        )
 
     def nbytes(self) -> int:
-        return int(self._short.nbytes + self._long.nbytes + self._short_idx.nbytes * 2)
+        stats = sum(int(a.nbytes) for a in (self.ids, self.count, self.lo, self.hi))
+        stats += 32 * len(self.total)  # Python ints of ~100 bits
+        if self.keys_ is not None and self.counts_ is not None:
+            return stats + int(self.keys_.nbytes + self.counts_.nbytes)
+        return stats + len(self.blob)
+
+
+def _seal(keys: npt.NDArray[np.uint64], counts: Any) -> bytes:
+    """Sorted (series << 32 | bucket) keys and counts → compressed bytes: the series as runs,
+    bucket indexes as deltas within a run (small, so they compress well), counts as uint32
+    (uint64 beyond), zlib level 1."""
+    n = len(keys)
+    if n == 0:
+        return b""
+    sid = (keys >> _SHIFT).astype(np.uint32)
+    idx = (keys & _LOW32).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    runs = np.diff(np.r_[starts, n]).astype(np.uint32)
+    deltas = idx.copy()
+    deltas[1:] -= idx[:-1]
+    deltas[starts] = idx[starts]
+    wide = bool(counts.max() > 0xFFFFFFFF)
+    header = np.array([n, len(starts), int(wide)], dtype=np.uint32).tobytes()
+    body = (
+        sid[starts].tobytes()
+        + runs.tobytes()
+        + deltas.astype(np.uint32).tobytes()
+        + counts.astype(np.uint64 if wide else np.uint32).tobytes()
+    )
+    return zlib.compress(header + body, 1)
+
+
+def _unseal(blob: bytes) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    if not blob:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    data = zlib.decompress(blob)
+    n, k, wide = np.frombuffer(data, dtype=np.uint32, count=3).tolist()
+    at = 12
+    usid = np.frombuffer(data, dtype=np.uint32, count=k, offset=at).astype(np.uint64)
+    at += 4 * k
+    runs = np.frombuffer(data, dtype=np.uint32, count=k, offset=at).astype(np.intp)
+    at += 4 * k
+    deltas = np.frombuffer(data, dtype=np.uint32, count=n, offset=at).astype(np.int64)
+    at += 4 * n
+    counts = np.frombuffer(data, dtype=np.uint64 if wide else np.uint32, count=n, offset=at)
+    cumulative = np.cumsum(deltas)
+    starts = np.r_[0, np.cumsum(runs)[:-1]]
+    idx = cumulative - np.repeat(cumulative[starts] - deltas[starts], runs)
+    keys = (np.repeat(usid, runs) << _SHIFT) | idx.astype(np.uint64)
+    return keys, counts.astype(np.uint64)
+
+
+class _OpenHist:
+    __slots__ = ("chunks", "count", "hi", "index", "lo", "total", "touched")
+
+    def __init__(self) -> None:
+        self.index = -(1 << 62)
+        self.chunks: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]] = []
+        self.count = np.zeros(0, dtype=np.int64)
+        self.total: npt.NDArray[Any] = np.zeros(0, dtype=object)  # exact sums (hist.exact_sums)
+        self.lo = np.zeros(0, dtype=np.float64)
+        self.hi = np.zeros(0, dtype=np.float64)
+        self.touched = np.zeros(0, dtype=bool)
+
+    def add(self, e: HistEntries, length: int) -> None:
+        top = int(e.ids.max())
+        if top >= len(self.count):
+            self.count = _grown(self.count, top)
+            self.total = _grown(self.total, top)
+            self.lo = _grown(self.lo, top, math.inf)
+            self.hi = _grown(self.hi, top, -math.inf)
+            self.touched = _grown(self.touched, top, False)
+        self.chunks.append((e.keys, e.counts))
+        if len(self.chunks) >= _MAX_CHUNKS:
+            self.chunks = [_compact(self.chunks)]
+        np.add.at(self.count, e.ids, e.count)
+        np.add.at(self.total, e.ids, e.total)
+        np.minimum.at(self.lo, e.ids, e.lo)
+        np.maximum.at(self.hi, e.ids, e.hi)
+        self.touched[e.ids] = True
+
+    def snapshot(self) -> _HistSlot | None:
+        ids = np.flatnonzero(self.touched)
+        if ids.size == 0:
+            return None
+        keys, counts = _compact(self.chunks)
+        self.chunks = [(keys, counts)] if keys.size else []
+        return _HistSlot(
+            self.index,
+            keys,
+            counts,
+            ids,
+            self.count[ids].copy(),
+            self.total[ids].copy(),
+            self.lo[ids].copy(),
+            self.hi[ids].copy(),
+        )
+
+    def close(self) -> _HistSlot | None:
+        out = self.snapshot()
+        if out is not None:
+            ids = out.ids
+            self.count[ids] = 0
+            self.total[ids] = 0
+            self.lo[ids] = math.inf
+            self.hi[ids] = -math.inf
+            self.touched[ids] = False
+        self.chunks = []
+        return out
+
+
+def _compact(
+    chunks: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]],
+    unique: bool = True,
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """Merge sparse chunks into one with unique, sorted keys (``unique``: each chunk's own keys
+    are already unique and sorted, so a single chunk is returned as it is)."""
+    if not chunks:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    if len(chunks) == 1 and unique:
+        return chunks[0]
+    keys = np.concatenate([c[0] for c in chunks])
+    counts = np.concatenate([c[1] for c in chunks])
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    summed = np.zeros(len(uniq), dtype=np.uint64)
+    np.add.at(summed, inverse.reshape(-1), counts)
+    return uniq, summed
+
+
+_INT_SAFE: Final = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class HistEntries:
+    """What one batch adds to a histogram log: sparse bucket counts and per-series stats
+    (``total``: exact sums, Python ints of 2**-80, see :func:`metricsd.hist.exact_sums`)."""
+
+    keys: npt.NDArray[np.uint64]
+    counts: npt.NDArray[np.uint64]
+    ids: npt.NDArray[np.intp]
+    count: IntArray
+    total: npt.NDArray[Any]
+    lo: FloatArray
+    hi: FloatArray
+    clamped: int = 0
+
+
+class HistLog:
+    """Windowed HDR histograms of every series of a tracker; see the module docstring."""
+
+    __slots__ = ("_group", "_long", "_short", "_slot", "clamped", "geometry", "layout")
+
+    def __init__(self, geometry: Geometry, layout: Layout) -> None:
+        self.geometry = geometry
+        self.layout = layout
+        self._short: deque[_HistSlot] = deque()
+        self._long: deque[_HistSlot] = deque()
+        self._slot = _OpenHist()
+        self._group = _OpenHist()
+        self.clamped = 0
+
+    def record(self, now: float, entries: HistEntries | None) -> None:
+        if entries is None or entries.ids.size == 0:
+            return
+        self._advance(now)
+        length = self.layout.counts_len
+        self._slot.add(entries, length)
+        self._group.add(entries, length)
+        self.clamped += entries.clamped
+
+    def _advance(self, now: float) -> None:
+        g = self.geometry
+        slot = g.slot(now)
+        for open_, ring, index, keep in (
+            (self._slot, self._short, slot, g.short_slots),
+            (self._group, self._long, slot // g.group_slots, g.long_groups),
+        ):
+            if open_.index != index:
+                closed = open_.close()
+                if closed is not None:
+                    ring.append(closed.sealed())
+                open_.index = index
+            while ring and ring[0].index <= index - keep:
+                ring.popleft()
+
+    def freeze(self, now: float) -> HistWindows:
+        self._advance(now)
+        short = [*self._short]
+        long = [*self._long]
+        for open_, ring in ((self._slot, short), (self._group, long)):
+            snap = open_.snapshot()
+            if snap is not None:
+                ring.append(snap)
+        return HistWindows(self.geometry, self.layout, tuple(short), tuple(long))
+
+    def state(self, now: float, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
+        frozen = self.freeze(now)
+        return {
+            "short": [_save_hist(s, keep) for s in frozen.short],
+            "long": [_save_hist(s, keep) for s in frozen.long],
+            "clamped": self.clamped,
+        }
+
+    def restore(self, state: Any, remap: npt.NDArray[np.intp], r: Any, path: str) -> None:
+        m = r.map(state, path)
+        length = self.layout.counts_len
+        self._short = deque(
+            _load_hist(s, remap, length, r, f"{path}.short")
+            for s in r.list(m.get("short"), f"{path}.short", 10_000)
+        )
+        self._long = deque(
+            _load_hist(s, remap, length, r, f"{path}.long")
+            for s in r.list(m.get("long"), f"{path}.long", 10_000)
+        )
+        self.clamped = r.int(m.get("clamped"), f"{path}.clamped", 0)
+
+
+def _save_hist(s: _HistSlot, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
+    """A slot with ids renumbered to saved rows; buckets as (row, index, count) columns."""
+    keys, counts = s.entries()
+    old = (keys >> _SHIFT).astype(np.intp)
+    rows = np.full(len(old), -1, dtype=np.intp)
+    inside = old < len(keep)
+    rows[inside] = keep[old[inside]]
+    ok = rows >= 0
+    srows = np.full(len(s.ids), -1, dtype=np.intp)
+    sin = s.ids < len(keep)
+    srows[sin] = keep[s.ids[sin]]
+    fine = srows >= 0
+    return {
+        "index": s.index,
+        "rows": rows[ok].astype(np.int64),
+        "buckets": (keys[ok] & _LOW32).astype(np.int64),
+        "counts": counts[ok],
+        "ids": srows[fine].astype(np.int64),
+        "count": s.count[fine],
+        "total": s.total[fine],
+        "lo": s.lo[fine],
+        "hi": s.hi[fine],
+    }
+
+
+def _load_hist(s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: str
+               ) -> _HistSlot:
+    m = r.map(s, path)
+    rows = _remapped(r.array(m.get("rows"), f"{path}.rows", np.int64), remap, r, path)
+    buckets = r.array(m.get("buckets"), f"{path}.buckets", np.int64)
+    counts = r.array(m.get("counts"), f"{path}.counts", np.uint64)
+    if not len(rows) == len(buckets) == len(counts):
+        raise r.fail("bucket columns differ in length", path)
+    if buckets.size and (int(buckets.min()) < 0 or int(buckets.max()) >= length):
+        raise r.fail("a bucket index out of range", path)
+    ok = rows >= 0
+    keys = (rows[ok].astype(np.uint64) << _SHIFT) | buckets[ok].astype(np.uint64)
+    order = np.argsort(keys, kind="stable")
+    ids = _remapped(r.array(m.get("ids"), f"{path}.ids", np.int64), remap, r, path)
+    count = r.array(m.get("count"), f"{path}.count", np.int64)
+    total = r.array(m.get("total"), f"{path}.total", np.int64, exact=True).astype(object)
+    lo = r.array(m.get("lo"), f"{path}.lo", np.float64)
+    hi = r.array(m.get("hi"), f"{path}.hi", np.float64)
+    if not len(ids) == len(count) == len(total) == len(lo) == len(hi):
+        raise r.fail("stat columns differ in length", path)
+    fine = ids >= 0
+    return _HistSlot(
+        r.int(m.get("index"), f"{path}.index"),
+        keys[order],
+        counts[ok][order],
+        ids[fine],
+        count[fine],
+        total[fine],
+        lo[fine],
+        hi[fine],
+    ).sealed()
+
+
+@dataclass(frozen=True, slots=True)
+class HistWindows:
+    """A frozen HistLog: every slot and group it held at the freeze."""
+
+    geometry: Geometry
+    layout: Layout
+    short: tuple[_HistSlot, ...]
+    long: tuple[_HistSlot, ...]
+
+    def slots(self, now: float, seconds: float) -> tuple[list[_HistSlot], float]:
+        use_long, first, span = self.geometry.plan(now, seconds)
+        return [s for s in (self.long if use_long else self.short) if s.index >= first], span
+
+    def reduce(
+        self, now: float, seconds: float, groups: npt.NDArray[np.intp], size: int
+    ) -> GroupHist:
+        """The window, per group of series: ``groups[id]`` is the group of series ``id`` (−1:
+        left out; ids beyond ``len(groups)`` are left out too)."""
+        slots, span = self.slots(now, seconds)
+        return GroupHist.of(self.layout, slots, groups, size, span)
+
+    def merged(self, others: list[HistWindows]) -> HistWindows:
+        return HistWindows(
+            self.geometry,
+            self.layout,
+            tuple(s for w in (self, *others) for s in w.short),
+            tuple(s for w in (self, *others) for s in w.long),
+        )
+
+
+def _regroup(ids: npt.NDArray[np.intp], groups: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    out = np.full(len(ids), -1, dtype=np.intp)
+    inside = ids < len(groups)
+    out[inside] = groups[ids[inside]]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GroupHist:
+    """One window of a histogram log, reduced to groups of series.
+
+    Per group: ``count``, exact ``total`` (see :func:`metricsd.hist.exact_sums`), ``lo``/``hi``;
+    buckets as sorted sparse (group << 32 | bucket) keys with counts.
+    """
+
+    layout: Layout
+    size: int
+    count: IntArray
+    total: npt.NDArray[Any]
+    lo: FloatArray
+    hi: FloatArray
+    keys: npt.NDArray[np.uint64]
+    counts: npt.NDArray[np.uint64]
+    span: float
+
+    @classmethod
+    def of(
+        cls,
+        layout: Layout,
+        slots: list[_HistSlot],
+        groups: npt.NDArray[np.intp],
+        size: int,
+        span: float,
+    ) -> GroupHist:
+        count = np.zeros(size, dtype=np.int64)
+        total: npt.NDArray[Any] = np.zeros(size, dtype=object)
+        lo = np.full(size, math.inf)
+        hi = np.full(size, -math.inf)
+        key_parts: list[npt.NDArray[np.uint64]] = []
+        count_parts: list[npt.NDArray[np.uint64]] = []
+        for s in slots:
+            g = _regroup(s.ids, groups)
+            ok = g >= 0
+            if not ok.any():
+                continue
+            gi = g[ok]
+            np.add.at(count, gi, s.count[ok])
+            np.add.at(total, gi, s.total[ok])
+            np.minimum.at(lo, gi, s.lo[ok])
+            np.maximum.at(hi, gi, s.hi[ok])
+            skeys, scounts = s.entries()
+            bg = _regroup((skeys >> _SHIFT).astype(np.intp), groups)
+            keep = bg >= 0
+            key_parts.append((bg[keep].astype(np.uint64) << _SHIFT) | (skeys[keep] & _LOW32))
+            count_parts.append(scounts[keep])
+        if key_parts:
+            # Regrouped keys repeat (several series, one group): always merge.
+            keys, counts = _compact(list(zip(key_parts, count_parts, strict=True)), unique=False)
+        else:
+            keys = counts = np.zeros(0, dtype=np.uint64)
+        return cls(layout, size, count, total, lo, hi, keys, counts, span)
+
+    def quantiles(self, qs: tuple[float, ...]) -> FloatArray:
+        """(size, len(qs)) quantiles per group (0 where a group is empty)."""
+        return group_quantiles(
+            self.layout, self.keys, self.counts, self.size, qs, self.lo, self.hi
+        )
+
+    def sum(self, g: int) -> float:
+        return exact_value(self.total[g])
+
+    def mean(self) -> FloatArray:
+        totals = np.array([exact_value(v) for v in self.total], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, totals / np.maximum(self.count, 1), 0.0)
+
+    def blocks(self, qs: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)) -> list[dict[str, Any]]:
+        """``{avg, min, max, p50, …, count}`` per group (zeros with no data)."""
+        quant = self.quantiles(qs).tolist()
+        means = self.mean().tolist()
+        out: list[dict[str, Any]] = []
+        names = [_qname(q) for q in qs]
+        for g in range(self.size):
+            c = int(self.count[g])
+            if c == 0:
+                block: dict[str, Any] = {"avg": 0.0, "min": 0.0, "max": 0.0}
+                block.update(dict.fromkeys(names, 0.0))
+            else:
+                block = {"avg": means[g], "min": float(self.lo[g]), "max": float(self.hi[g])}
+                block.update(zip(names, quant[g], strict=True))
+            block["count"] = c
+            out.append(block)
+        return out
+
+    def view(self, g: int) -> HistView:
+        """One group as a dense :class:`HistView` (for encodings and single reads)."""
+        length = self.layout.counts_len
+        dense = np.zeros(length, dtype=np.uint64)
+        lo_key = np.uint64(g) << _SHIFT
+        start = int(np.searchsorted(self.keys, lo_key, side="left"))
+        end = int(np.searchsorted(self.keys, lo_key + _LOW32, side="right"))
+        idx = (self.keys[start:end] & _LOW32).astype(np.intp)
+        dense[idx] = self.counts[start:end]
+        c = int(self.count[g])
+        return HistView(
+            self.layout,
+            dense,
+            c,
+            exact_value(self.total[g]),
+            float(self.lo[g]) if c else 0.0,
+            float(self.hi[g]) if c else 0.0,
+            self.span,
+        )
+
+
+def _qname(q: float) -> str:
+    return "p" + f"{q * 100:g}".replace(".", "_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,212 +749,62 @@ class HistView:
     span: float
 
     def quantiles(self, qs: tuple[float, ...]) -> list[float]:
+        from metricsd.hist import quantiles_from_counts
+
         return quantiles_from_counts(self.layout, self.counts, qs, self.min, self.max)
 
-    def block(self, qs: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)) -> dict[str, float | int]:
-        """``{avg, min, max, p50, p90, p95, p99, count}`` (zeros with no data)."""
-        if self.count == 0:
-            out: dict[str, float | int] = {"avg": 0.0, "min": 0.0, "max": 0.0}
-            out.update({_qname(q): 0.0 for q in qs})
-            out["count"] = 0
-            return out
-        values = self.quantiles(qs)
-        out = {"avg": self.sum / self.count, "min": self.min, "max": self.max}
-        out.update({_qname(q): v for q, v in zip(qs, values, strict=True)})
-        out["count"] = self.count
-        return out
 
-
-def _qname(q: float) -> str:
-    return "p" + f"{q * 100:g}".replace(".", "_")
-
-
-def _pack(indexes: npt.NDArray[Any], counts: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
-    return (indexes.astype(np.uint64) << np.uint64(32)) | counts.astype(np.uint64)
-
-
-def _unpack(packed: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
-    return (packed >> np.uint64(32)).astype(np.int64), packed & _LOW32
-
-
-def _compact(chunks: list[npt.NDArray[np.uint64]], length: int) -> npt.NDArray[np.uint64]:
-    """Merge packed sparse chunks into one packed array with unique, sorted indexes."""
-    if not chunks:
-        return _EMPTY
-    if len(chunks) == 1:
-        return chunks[0]
-    idx, cnt = _unpack(np.concatenate(chunks))
-    dense = np.bincount(idx, weights=cnt, minlength=length)
-    nz = np.flatnonzero(dense)
-    return _pack(nz, dense[nz].astype(np.uint64))
-
-
-def _seal(packed: npt.NDArray[np.uint64]) -> bytes:
-    """Closed slots are stored compressed: index deltas (uint16) and counts, zlib level 1.
-
-    A closed slot is read only when it expires or a non-default window is asked for, so 5-6×
-    less memory is worth tens of microseconds once per slot.
-    """
-    idx, cnt = _unpack(packed)
-    wide = bool(cnt.size and int(cnt.max()) > 0xFFFFFFFF)
-    deltas = np.diff(idx, prepend=0).astype(np.uint16)
-    counts = cnt.astype(np.uint64 if wide else np.uint32)
-    header = (b"\x08" if wide else b"\x04") + len(idx).to_bytes(4, "little")
-    return zlib.compress(header + deltas.tobytes() + counts.tobytes(), 1)
-
-
-def _unseal(blob: bytes) -> npt.NDArray[np.uint64]:
-    data = zlib.decompress(blob)
-    width, n = data[0], int.from_bytes(data[1:5], "little")
-    deltas = np.frombuffer(data, dtype=np.uint16, count=n, offset=5)
-    counts = np.frombuffer(
-        data, dtype=np.uint64 if width == 8 else np.uint32, count=n, offset=5 + 2 * n
-    )
-    return _pack(np.cumsum(deltas, dtype=np.int64), counts)
-
-
-class _Slot:
-    """One slot of a histogram ring: open chunks or a sealed blob, and exact stats."""
-
-    __slots__ = ("blob", "chunks", "count", "index", "max", "min", "sums")
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.chunks: list[npt.NDArray[np.uint64]] = []
-        self.blob = b""
-        self.count = 0
-        self.sums: list[float] = []
-        self.min = math.inf
-        self.max = -math.inf
-
-    def add(
-        self,
-        packed: npt.NDArray[np.uint64],
-        count: int,
-        total: float,
-        lo: float,
-        hi: float,
-        length: int,
-    ) -> None:
-        self.chunks.append(packed)
-        self.count += count
-        self.sums.append(total)
-        self.min = min(self.min, lo)
-        self.max = max(self.max, hi)
-        if len(self.chunks) >= _MAX_CHUNKS:
-            self.chunks = [_compact(self.chunks, length)]
-            self.sums = [math.fsum(self.sums)]
-
-    def seal(self, length: int) -> None:
-        """Merge the open chunks (and any earlier blob) into one compressed blob."""
-        if self.chunks:
-            parts = self.chunks + ([_unseal(self.blob)] if self.blob else [])
-            self.blob = _seal(_compact(parts, length))
-            self.chunks = []
-            self.sums = [math.fsum(self.sums)]
-
-    def arrays(self) -> list[npt.NDArray[np.uint64]]:
-        return self.chunks + ([_unseal(self.blob)] if self.blob else [])
-
-    @property
-    def total(self) -> float:
-        return math.fsum(self.sums)
-
-    def nbytes(self) -> int:
-        return len(self.blob) + sum(int(c.nbytes) for c in self.chunks)
-
-
-class HistRing:
-    """A windowed HDR histogram: sparse slots in both rings, a dense 5-minute running sum."""
-
-    __slots__ = ("_dense", "_long", "_short", "clamped", "geometry", "layout")
-
-    def __init__(self, geometry: Geometry, layout: Layout) -> None:
-        self.geometry = geometry
-        self.layout = layout
-        self._short: list[_Slot] = []  # oldest first; the last one may be open
-        self._long: list[_Slot] = []
-        self._dense: npt.NDArray[np.uint32] | npt.NDArray[np.uint64] | None = None
-        self.clamped = 0
-
-    def record(self, now: float, values: FloatArray) -> None:
-        if values.size == 0:
-            return
-        layout = self.layout
-        raw, clamped = layout.to_raw(values)
-        self.clamped += clamped
-        dense_batch = np.bincount(layout.indexes(raw), minlength=layout.counts_len)
-        nz = np.flatnonzero(dense_batch)
-        packed = _pack(nz, dense_batch[nz])
-        self._advance(now)
-        g = self.geometry
-        slot = g.slot(now)
-        if not self._short or self._short[-1].index != slot:
-            self._short.append(_Slot(slot))
-        group = slot // g.group_slots
-        if not self._long or self._long[-1].index != group:
-            self._long.append(_Slot(group))
-        count = int(values.size)
-        total = float(np.sum(values))
-        lo, hi = float(values.min()), float(values.max())
-        length = layout.counts_len
-        self._short[-1].add(packed, count, total, lo, hi, length)
-        self._long[-1].add(packed, count, total, lo, hi, length)
-        if self._dense is None:
-            self._dense = np.zeros(layout.counts_len, dtype=np.uint32)
-        self._grow_if_needed(count)
-        self._dense[nz] += dense_batch[nz].astype(self._dense.dtype)
-
-    def _grow_if_needed(self, adding: int) -> None:
-        """Counts stay in uint32 (half the memory) until a 5-minute window could overflow it."""
-        assert self._dense is not None
-        if self._dense.dtype == np.uint32:
-            held = sum(s.count for s in self._short)
-            if held + adding >= 0xFFFFFFFF:
-                self._dense = self._dense.astype(np.uint64)
-
-    def _advance(self, now: float) -> None:
-        """Close slots that ended, expire what left the rings (subtracting from the dense sum)."""
-        g = self.geometry
-        slot = g.slot(now)
-        length = self.layout.counts_len
-        for s in self._short:
-            if s.index < slot and s.chunks:
-                s.seal(length)
-        while self._short and self._short[0].index <= slot - g.short_slots:
-            old = self._short.pop(0)
-            if self._dense is not None and old.count:
-                idx, cnt = _unpack(_compact(old.arrays(), length))
-                self._dense[idx] -= cnt.astype(self._dense.dtype)
-        group = slot // g.group_slots
-        for s in self._long:
-            if s.index < group and s.chunks:
-                s.seal(length)
-        while self._long and self._long[0].index <= group - g.long_groups:
-            self._long.pop(0)
-        if not self._short and self._dense is not None and not self._long:
-            self._dense = None  # idle for an hour: give the memory back
-
-    def window(self, now: float, seconds: float) -> HistView:
-        self._advance(now)
-        use_long, first, span = self.geometry.plan(now, seconds)
-        slots = [s for s in (self._long if use_long else self._short) if s.index >= first]
-        count = sum(s.count for s in slots)
-        lo = min((s.min for s in slots), default=0.0)
-        hi = max((s.max for s in slots), default=0.0)
-        total = math.fsum(s.total for s in slots)
-        length = self.layout.counts_len
-        if count == 0:
-            counts: npt.NDArray[Any] = np.zeros(length, dtype=np.uint64)
-        elif not use_long and len(slots) == len(self._short) and self._dense is not None:
-            counts = self._dense
+def hist_entries(
+    layout: Layout,
+    values: FloatArray,
+    codes: npt.NDArray[np.intp] | None,
+    ids: npt.NDArray[np.intp],
+) -> HistEntries | None:
+    """What a batch adds to a histogram log: ``values`` (natural units, NaN = no sample) of rows
+    in groups ``codes`` (None: one group), group g being series ``ids[g]``."""
+    size = len(ids)
+    finite = ~np.isnan(values)
+    if not finite.all():
+        values = values[finite]
+        if codes is not None:
+            codes = codes[finite]
+    if values.size == 0:
+        return None
+    raw, clamped = layout.to_raw(values)
+    idx = layout.indexes(raw)
+    length = layout.counts_len
+    if codes is None or size == 1:
+        gcount = np.array([values.size], dtype=np.int64)
+        gtotal = exact_sums(values, None, 1)
+        glo, ghi = np.array([values.min()]), np.array([values.max()])
+        dense = np.bincount(idx, minlength=length)
+        nz = np.flatnonzero(dense)
+        keys = (np.uint64(int(ids[0])) << _SHIFT) | nz.astype(np.uint64)
+        counts = dense[nz].astype(np.uint64)
+    else:
+        gcount = np.bincount(codes, minlength=size).astype(np.int64)
+        gtotal = exact_sums(values, codes, size)
+        glo = np.full(size, math.inf)
+        ghi = np.full(size, -math.inf)
+        np.minimum.at(glo, codes, values)
+        np.maximum.at(ghi, codes, values)
+        if size * length <= _DENSE_LIMIT:
+            dense = np.bincount(codes * length + idx, minlength=size * length)
+            nz = np.flatnonzero(dense)
+            g, b = np.divmod(nz, length)
+            counts = dense[nz].astype(np.uint64)
         else:
-            chunks = [c for s in slots for c in s.arrays()]
-            idx, cnt = _unpack(np.concatenate(chunks))
-            counts = np.bincount(idx, weights=cnt, minlength=length).astype(np.uint64)
-        return HistView(self.layout, counts, count, total, lo, hi, span)
-
-    def nbytes(self) -> int:
-        """Bytes held by the arrays of this ring (what grows with data)."""
-        total = 0 if self._dense is None else int(self._dense.nbytes)
-        return total + sum(s.nbytes() for s in (*self._short, *self._long))
+            combined = codes.astype(np.int64) * length + idx
+            nz, cnt = np.unique(combined, return_counts=True)
+            g, b = np.divmod(nz, length)
+            counts = cnt.astype(np.uint64)
+        keys = (ids[g].astype(np.uint64) << _SHIFT) | b.astype(np.uint64)
+        present = gcount > 0
+        if not present.all():
+            gcount, gtotal, glo, ghi = gcount[present], gtotal[present], glo[present], ghi[present]
+            ids = ids[present]
+        if len(np.unique(ids)) != len(ids):  # two groups folded into one series (overflow)
+            keys, counts = _compact([(keys, counts)])
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], counts[order]
+    return HistEntries(keys, counts, ids, gcount, gtotal, glo, ghi, clamped)

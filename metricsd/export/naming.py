@@ -348,7 +348,7 @@ def translate_families(families: Iterable[Family]) -> list[Family]:
                 prometheus_name(instrument.name, instrument.unit, instrument.kind),
                 fam.type,
                 fam.help,
-                [(suffix, relabel(labels), value) for suffix, labels, value in fam.samples],
+                [(suffix, relabel(labels), value) for suffix, labels, value in fam.all_samples()],
             )
         )
     return out

@@ -4,10 +4,10 @@ How it fits together (docs/otel.md, docs/decisions.md "OpenTelemetry"):
 
 - a ``MeterProvider`` with one :class:`PeriodicExportingMetricReader` and the OTLP/HTTP metric
   exporter; the reader's own thread collects and exports every ``otlp.interval`` seconds;
-- every collection starts from one :class:`ExportSnapshot`: the reader thread asks the event loop
-  to build it (the canonical families → OpenTelemetry names, attributes and points, see
-  :mod:`metricsd.export.naming`) and waits for it with a timeout. The loop does the same work as
-  a Prometheus render; the thread never touches tracker state, and the snapshot is immutable;
+- every collection starts from one :class:`ExportSnapshot`, built by the reader thread from the
+  daemon's latest frozen snapshot (the canonical families → OpenTelemetry names, attributes and
+  points, see :mod:`metricsd.export.naming`): snapshots are immutable, so no other thread is
+  involved and the event loop does none of this work;
 - counters and gauges are SDK observable instruments (``ObservableCounter``,
   ``ObservableGauge``) whose callbacks read that snapshot;
 - histograms cannot go through the SDK's instrument API (it aggregates raw measurements; metricsd
@@ -25,7 +25,6 @@ imported unless the push is configured.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import numbers
@@ -69,8 +68,6 @@ SCOPE: Final = "metricsd"
 SCHEMA_URL: Final = f"https://opentelemetry.io/schemas/{GENAI_SEMCONV_VERSION}"
 #: Attributes whose semantic-convention type is an integer.
 INT_ATTRIBUTES: Final = frozenset({"http.response.status_code"})
-#: At most this long (seconds) the reader thread waits for the event loop to build a snapshot.
-FETCH_TIMEOUT: Final = 5.0
 
 AttributeValue = str | int
 Attributes = tuple[tuple[str, AttributeValue], ...]
@@ -137,7 +134,7 @@ def _histogram_points(instrument: Instrument, family: Family) -> tuple[Histogram
     buckets: dict[Attributes, list[tuple[float, int]]] = {}
     sums: dict[Attributes, float] = {}
     counts: dict[Attributes, int] = {}
-    for suffix, rendered, value in family.samples:
+    for suffix, rendered, value in family.all_samples():
         attrs = _attributes(instrument, rendered)
         if suffix == "_bucket":
             le = next(str(v) for k, v in attrs if k == "le")
@@ -185,7 +182,7 @@ def export_snapshot(families: Iterable[Family]) -> ExportSnapshot:
         else:
             points = tuple(
                 NumberPoint(_attributes(instrument, rendered), _number(value))
-                for _suffix, rendered, value in family.samples
+                for _suffix, rendered, value in family.all_samples()
             )
         if instrument.name in metrics:  # not the case for metricsd's own families
             log.warning("two families map to %s; keeping the first", instrument.name)
@@ -218,32 +215,24 @@ def require_sdk() -> None:
 
 
 class _Source:
-    """Hands each collection one snapshot built on the event loop.
+    """Hands each collection one export, built from the daemon's latest snapshot.
 
-    The first callback of a collection fetches it (and pins it); the other callbacks and the
+    Snapshots are immutable, so the export is built on the collecting thread itself. The
+    first callback of a collection fetches it (and pins it); the other callbacks and the
     histogram step read the pinned one; the end of the collection releases it. The reader
     waits a whole interval after one collection ends before the next starts, so a pin older
     than 0.9 interval is never reused: a collection that failed half-way cannot leak its
     snapshot into the next one.
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        build: Callable[[], ExportSnapshot],
-        interval: float,
-        fetch_timeout: float,
-    ) -> None:
-        self.loop = loop
+    def __init__(self, build: Callable[[], ExportSnapshot], interval: float) -> None:
         self.build = build
         self.max_age = interval * 0.9
-        self.fetch_timeout = fetch_timeout
         self.lock = threading.Lock()
         self.pinned: ExportSnapshot | None = None
         self.pinned_at = -math.inf
         #: False until the instruments are registered: a collection in the meantime exports
-        #: nothing rather than wait for a loop that is busy registering (and would wait, in
-        #: turn, for the SDK lock that collection holds).
+        #: nothing.
         self.ready = False
         self.fetches = 0
         self.failures = 0
@@ -262,28 +251,10 @@ class _Source:
             self.pinned = None
 
     def _fetch(self) -> ExportSnapshot | None:
-        future: concurrent.futures.Future[ExportSnapshot] = concurrent.futures.Future()
-
-        def work() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(self.build())
-            except BaseException as exc:  # handed to the waiting thread
-                future.set_exception(exc)
-
+        """Build the export from the latest snapshot, on the collecting thread (snapshots are
+        immutable, so this needs nothing of the event loop)."""
         try:
-            self.loop.call_soon_threadsafe(work)
-        except RuntimeError:  # the loop is closed: nothing to export
-            self.failures += 1
-            return None
-        try:
-            snapshot = future.result(timeout=self.fetch_timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            self.failures += 1
-            log.warning("OTLP: the event loop did not build a snapshot in time; export skipped")
-            return None
+            snapshot = self.build()
         except Exception:
             self.failures += 1
             log.exception("OTLP: could not build the snapshot; export skipped")
@@ -399,7 +370,7 @@ class OtlpPush:
         self._meter: Meter | None = None
 
     def snapshot(self) -> ExportSnapshot:
-        """Build the snapshot (on the event loop)."""
+        """Build the export from the latest snapshot (on any thread)."""
         return export_snapshot(self.families())
 
     def start(self) -> None:
@@ -420,10 +391,7 @@ class OtlpPush:
         )
         from opentelemetry.sdk.resources import Resource
 
-        loop = asyncio.get_running_loop()
-        source = _Source(
-            loop, self.snapshot, self.config.interval, min(FETCH_TIMEOUT, self.config.timeout)
-        )
+        source = _Source(self.snapshot, self.config.interval)
         push = self
 
         class Reader(PeriodicExportingMetricReader):

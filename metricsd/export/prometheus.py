@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "CONTENT_TYPE_OPENMETRICS",
     "CONTENT_TYPE_TEXT",
     "Family",
+    "RenderCache",
+    "SeriesSamples",
+    "histogram_samples",
     "render_both",
     "render_labels",
     "render_openmetrics",
@@ -52,19 +56,50 @@ def with_label(rendered: str, name: str, value: str) -> str:
     return f'{rendered[:-1]},{name}="{value}"}}'
 
 
+Sample = tuple[str, str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSamples:
+    """Samples produced series by series, so a renderer can cache each series' lines.
+
+    ``keys[i]`` names series i (stable across snapshots), ``versions[i]`` changes whenever its
+    samples do, ``make(i)`` builds them. A renderer with a :class:`RenderCache` re-renders only
+    the series whose version moved; everything else reads :meth:`expand`.
+    """
+
+    keys: Sequence[Any]
+    versions: Sequence[int]
+    make: Callable[[int], list[Sample]]
+
+    def expand(self) -> list[Sample]:
+        out: list[Sample] = []
+        for i in range(len(self.keys)):
+            out.extend(self.make(i))
+        return out
+
+
 @dataclass(slots=True)
 class Family:
     """One metric family and its samples: (suffix, rendered labels, value) triples.
 
     ``suffix`` is appended to the base name: ``""`` for gauges, ``"_total"`` for counters,
     ``"_bucket"``/``"_sum"``/``"_count"`` for histograms and summaries. Labels may be given as
-    ``(name, value)`` pairs or as a string from :func:`render_labels`.
+    ``(name, value)`` pairs or as a string from :func:`render_labels`. ``series`` holds samples
+    made per series (rendered after ``samples``).
     """
 
     name: str
     type: str
     help: str
-    samples: list[tuple[str, str, float]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    series: SeriesSamples | None = None
+
+    def all_samples(self) -> list[Sample]:
+        """Every sample, the per-series ones expanded."""
+        if self.series is None:
+            return self.samples
+        return [*self.samples, *self.series.expand()]
 
     def add(self, value: float, labels: Labels | str = (), suffix: str = "") -> None:
         self.samples.append((suffix, render_labels(labels), value))
@@ -80,14 +115,29 @@ class Family:
         total: float,
     ) -> None:
         """Buckets from cumulative counts at ``bounds`` (+Inf last), ``_sum``, ``_count``."""
-        rendered = render_labels(labels)
-        append = self.samples.append
-        for le, count in zip(_le_strings(tuple(bounds)), cumulative, strict=False):
-            append(("_bucket", with_label(rendered, "le", le), count))
-        count = cumulative[-1] if cumulative else 0
-        append(("_bucket", with_label(rendered, "le", "+Inf"), count))
-        append(("_sum", rendered, total))
-        append(("_count", rendered, count))
+        self.samples.extend(histogram_samples(render_labels(labels), bounds, cumulative, total))
+
+    def per_series(
+        self, keys: Sequence[Any], versions: Sequence[int], make: Callable[[int], list[Sample]]
+    ) -> Family:
+        self.series = SeriesSamples(keys, versions, make)
+        return self
+
+
+def histogram_samples(
+    rendered: str, bounds: Sequence[float], cumulative: Sequence[int], total: float
+) -> list[Sample]:
+    """A histogram's samples: buckets at ``bounds`` from cumulative counts (+Inf last, equal to
+    the count), ``_sum`` and ``_count``."""
+    out: list[Sample] = [
+        ("_bucket", with_label(rendered, "le", le), count)
+        for le, count in zip(_le_strings(tuple(bounds)), cumulative, strict=False)
+    ]
+    count = cumulative[-1] if len(cumulative) else 0
+    out.append(("_bucket", with_label(rendered, "le", "+Inf"), count))
+    out.append(("_sum", rendered, total))
+    out.append(("_count", rendered, count))
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -118,15 +168,61 @@ def format_float(value: float) -> str:
     return "+Inf" if value > 0 else "-Inf"
 
 
-def _body(fam: Family) -> str:
-    name = fam.name
+def _lines(name: str, samples: Iterable[Sample]) -> str:
     return "\n".join(
-        f"{name}{suffix}{labels} {format_float(value)}" for suffix, labels, value in fam.samples
+        f"{name}{suffix}{labels} {format_float(value)}" for suffix, labels, value in samples
     )
 
 
-def render_both(families: Iterable[Family]) -> tuple[bytes, bytes]:
+class RenderCache:
+    """Rendered lines of each series of each family, with the version they were made at.
+
+    Kept by whoever renders exposition snapshot after snapshot; a series whose version has not
+    moved is not rendered again. Entries of series that went away are dropped once they make up
+    half the cache.
+    """
+
+    __slots__ = ("_lines", "_live")
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[str, Any], tuple[int, str]] = {}
+        self._live = 0
+
+    def body(self, fam: Family) -> str:
+        parts: list[str] = []
+        if fam.samples:
+            parts.append(_lines(fam.name, fam.samples))
+        series = fam.series
+        if series is not None:
+            lines = self._lines
+            name = fam.name
+            make = series.make
+            versions = series.versions
+            for i, key in enumerate(series.keys):
+                version = versions[i]
+                hit = lines.get((name, key))
+                if hit is None or hit[0] != version:
+                    text = _lines(name, make(i))
+                    lines[(name, key)] = (version, text)
+                else:
+                    text = hit[1]
+                if text:
+                    parts.append(text)
+            self._live += len(series.keys)
+        return "\n".join(parts)
+
+    def prune(self) -> None:
+        """After a render: forget series that no longer exist (when they are many)."""
+        if len(self._lines) > 2 * self._live + 1024:
+            self._lines.clear()
+        self._live = 0
+
+
+def render_both(
+    families: Iterable[Family], cache: RenderCache | None = None
+) -> tuple[bytes, bytes]:
     """(text 0.0.4, OpenMetrics 1.0.0): the sample lines are built once and shared."""
+    cache = cache or RenderCache()
     text: list[str] = []
     om: list[str] = []
     for fam in families:
@@ -135,10 +231,11 @@ def render_both(families: Iterable[Family]) -> tuple[bytes, bytes]:
         help_text = escape_help(fam.help)
         text.append(f"# HELP {declared} {help_text}\n# TYPE {declared} {kind}")
         om.append(f"# TYPE {fam.name} {fam.type}\n# HELP {fam.name} {help_text}")
-        if fam.samples:
-            body = _body(fam)
+        body = cache.body(fam)
+        if body:
             text.append(body)
             om.append(body)
+    cache.prune()
     om.append("# EOF")
     text_bytes = ("\n".join(text) + "\n").encode("utf-8") if text else b""
     return text_bytes, ("\n".join(om) + "\n").encode("utf-8")

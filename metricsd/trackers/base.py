@@ -1,76 +1,69 @@
-"""Helpers every tracker shares: grouping a batch's rows by label values, and rates."""
+"""What every tracker shares: the apply context, exact sums, rates, providers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from metricsd.protocol import Batch
+from metricsd.batch import UNKNOWN, Batch, Cat, Groups
+from metricsd.window import rate
 
-__all__ = ["UNKNOWN", "Providers", "group_rows", "label_values", "rate"]
+__all__ = [
+    "UNKNOWN",
+    "Ctx",
+    "Providers",
+    "add_rows",
+    "group_sums",
+    "rate",
+]
 
-UNKNOWN = "unknown"
-IndexArray = npt.NDArray[np.intp]
-
-
-def label_values(batch: Batch, name: str, default: str = UNKNOWN) -> str | list[str]:
-    """A label field: one string for the whole batch, or a list with one per row."""
-    value = batch.get(name)
-    if isinstance(value, list):
-        return [default if v is None or v == "" else v for v in value]
-    return default if value is None or value == "" else str(value)
-
-
-def group_rows(
-    batch: Batch, labels: list[str | list[str]]
-) -> Iterator[tuple[tuple[str, ...], IndexArray | None]]:
-    """Yield (label tuple, row indexes) for each distinct label tuple in the batch.
-
-    Row indexes are ``None`` when every row shares the labels (the columnar fast path: the
-    caller then uses whole columns without copying).
-    """
-    if all(isinstance(v, str) for v in labels):
-        yield tuple(v for v in labels if isinstance(v, str)), None
-        return
-    n = batch.n
-    columns = [v if isinstance(v, list) else [v] * n for v in labels]
-    keys = list(zip(*columns, strict=True))
-    distinct = dict.fromkeys(keys)
-    if len(distinct) == 1:  # merged frames of one series: the fast path again
-        yield keys[0], None
-        return
-    # Factorise in C (dict lookups through map), then split a stable argsort by group.
-    index = {key: i for i, key in enumerate(distinct)}
-    codes = np.fromiter(map(index.__getitem__, keys), dtype=np.intp, count=n)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.cumsum(np.bincount(codes, minlength=len(index)))
-    start = 0
-    for key, end in zip(distinct, bounds.tolist(), strict=True):
-        yield key, order[start:end]
-        start = end
+_SAFE: Final = 1 << 62
 
 
-def take(column: Any, rows: IndexArray | None) -> Any:
-    """Rows of a column (array or list), or the scalar itself for a constant."""
-    if rows is None:
-        return column
-    if isinstance(column, np.ndarray):
-        return column[rows]
-    if isinstance(column, list):
-        return [column[i] for i in rows]
-    return column
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """When a batch is applied: the daemon's clock (``now``), the wall clock, and the engine's
+    write sequence number (every series a batch touches is marked with it)."""
+
+    now: float
+    wall: float
+    version: int
 
 
-def rate(count: float, span: float, age: float) -> float:
-    """Events per second over a window: count ÷ min(window span, series age), floored at 1 s.
+def group_sums(values: npt.NDArray[Any], groups: Groups) -> npt.NDArray[Any]:
+    """Exact per-group sums of an integer column: int64 while that cannot overflow (float
+    bincount below 2**53), Python ints (object) beyond."""
+    size = len(groups)
+    if values.size == 0:
+        return np.zeros(size, dtype=np.int64)
+    peak = int(np.abs(values).max()) * values.size
+    if groups.codes is None:
+        total = int(values.sum()) if peak < _SAFE else sum(int(v) for v in values.tolist())
+        return np.array([total], dtype=np.int64 if abs(total) < _SAFE else object)
+    if peak < (1 << 53):
+        return np.bincount(groups.codes, weights=values, minlength=size).astype(np.int64)
+    out = np.zeros(size, dtype=object)
+    np.add.at(out, groups.codes, values.astype(object))
+    return out
 
-    The series age stops the start-up spike of dividing by the time since the oldest sample
-    (one event 0.2 ms ago would read 5 000/s); the 1 s floor keeps a brand-new series honest.
-    """
-    return count / max(1.0, min(span, age))
+
+def add_rows(acc: npt.NDArray[Any], ids: npt.NDArray[np.intp], values: npt.NDArray[Any]) -> Any:
+    """``acc[ids] += values`` exactly (ids may repeat): int64 while that cannot overflow,
+    Python ints beyond; returns the array, which is a new one after such a promotion."""
+    if acc.dtype != object and values.dtype != object and values.size:
+        peak = int(np.abs(values).max())
+        if peak < _SAFE and int(np.abs(acc).max(initial=0)) < _SAFE - peak * len(values):
+            np.add.at(acc, ids, values)
+            return acc
+    if not values.size:
+        return acc
+    acc = acc.astype(object)
+    np.add.at(acc, ids, values.astype(object))
+    return acc
 
 
 class Providers:
@@ -92,14 +85,27 @@ class Providers:
                 self._cache[model] = found
         return found
 
-    def column(self, given: Any, models: str | list[str], n: int) -> str | list[str]:
-        """Providers for a batch: one string, or one per row."""
-        if not isinstance(given, list) and not isinstance(models, list):
-            return str(given) if given else self.of_model(models)
-        model_list = models if isinstance(models, list) else [models] * n
-        by_model = {m: self.of_model(m) for m in dict.fromkeys(model_list)}
-        if not isinstance(given, list):
-            if given:
-                return str(given)
-            return [by_model[m] for m in model_list]
-        return [p if p else by_model[m] for p, m in zip(given, model_list, strict=True)]
+    def resolve(self, batch: Batch) -> None:
+        """Set the batch's ``provider`` to each row's resolved provider (given, or from the
+        model): a constant, or codes over the distinct (given, model) pairs."""
+        model = batch.label("model")
+        given = batch.cat("provider", None) if batch.type in ("request", "error") else None
+        if given is None or (len(given.values) == 1 and not given.values[0]):
+            if len(model.values) == 1:
+                batch.const["provider"] = self.of_model(model.values[0])
+                batch.cols.pop("provider", None)
+            else:
+                batch.cols["provider"] = model.mapped(self.of_model)
+                batch.const.pop("provider", None)
+            return
+        pairs = Cat(
+            given.codes * len(model.values) + model.codes,
+            [(g, m) for g in given.values for m in model.values],
+        )
+        resolved = pairs.mapped(lambda gm: str(gm[0]) if gm[0] else self.of_model(gm[1]))
+        if len(resolved.values) == 1:
+            batch.const["provider"] = resolved.values[0]
+            batch.cols.pop("provider", None)
+        else:
+            batch.cols["provider"] = resolved
+            batch.const.pop("provider", None)

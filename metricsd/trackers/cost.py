@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from metricsd.batch import Batch
 from metricsd.budgets import (
     Budget,
     BudgetError,
@@ -36,14 +37,12 @@ from metricsd.budgets import (
     used_since,
 )
 from metricsd.config import Config
-from metricsd.export.prometheus import Family
-from metricsd.persist import capture, restore_into
+from metricsd.persist import Reader
 from metricsd.pricing import load_pricing, to_pico
-from metricsd.protocol import Batch
-from metricsd.series import OVERFLOW, SeriesRegistry
-from metricsd.trackers.base import Providers, group_rows, label_values, take
+from metricsd.series import OVERFLOW, SeriesTable
+from metricsd.trackers.base import Ctx, add_rows
 from metricsd.trackers.cost_calc import GroupCost, Quantities, price_rows
-from metricsd.trackers.cost_state import PicoBuckets, Totals, exact_sum
+from metricsd.trackers.cost_state import Totals, exact_sum
 from metricsd.trackers.cost_suggest import PER_TICK, refresh
 
 __all__ = ["ALL_KEYS", "CostTracker"]
@@ -65,11 +64,13 @@ class CostTracker:
         self.pricing = load_pricing(cost)
         self.tz = ZoneInfo(cost.timezone)
         cap, ttl = config.limits.max_series, config.limits.series_ttl
-        bounds = np.array([to_pico(b) for b in config.prometheus.cost_buckets], dtype=np.int64)
-        self.series: SeriesRegistry[list[int]] = SeriesRegistry("cost", lambda _k: [0], cap, ttl)
-        self.hist: SeriesRegistry[PicoBuckets] = SeriesRegistry(
-            "cost_hist", lambda _k: PicoBuckets(bounds), cap, ttl
-        )
+        self.bounds = np.array([to_pico(b) for b in config.prometheus.cost_buckets],
+                               dtype=np.int64)
+        self.series = SeriesTable("cost", 3, cap, ttl)
+        self.series.add_array("total")
+        self.hist = SeriesTable("cost_hist", 1, cap, ttl)
+        self.hist.add_array("b", (len(self.bounds) + 1,))
+        self.hist.add_array("s")
         self.all = Totals(cap)
         self.keys: dict[str, Totals] = {}
         self.keys_overflowed = 0
@@ -81,22 +82,29 @@ class CostTracker:
         self._configure_budgets(cost.budgets)
         self.alerts: deque[Alert] = deque(maxlen=cost.alerts_size)
         self.alerts_sent: dict[str, int] = {"threshold": 0, "exceeded": 0}
-        self.alert_sinks: list[Callable[[Alert], None]] = []
         self.on_budget_change: Callable[[], None] | None = None
         self.suggestions: dict[tuple[str, str], dict[str, Any]] = {}
         self.suggested_at: float | None = None
         self._last_suggest = start
-        self.dirty: set[str] = set()
+        #: Keys that spent since their suggestions were last evaluated.
+        self.suggest_due: set[str] = set()
         self._pending: list[str] = []
-        self.providers = Providers(config.providers.prefixes)
         self.start = start
         self.wall_offset = wall_start - start
+        #: Keys whose totals changed since the last freeze, and the frozen copies kept.
+        self._changed: set[str] = set()
+        self._frozen_keys: dict[str, Totals] = {}
+        self.dirty = True
 
     # --- writes ---------------------------------------------------------------------------
 
-    def apply(self, batch: Batch, now: float, wall: float) -> None:
+    def apply(self, batch: Batch, ctx: Ctx) -> None:
         """Price and record a batch (nothing derived)."""
+        if batch.n == 0:
+            return
+        now, wall = ctx.now, ctx.wall
         self.wall_offset = wall - now
+        self.dirty = True
         is_request = batch.type == "request"
         inputs = _counts(batch, "input_tokens" if is_request else "prompt_tokens")
         outputs = _counts(batch, "output_tokens" if is_request else "completion_tokens")
@@ -118,31 +126,31 @@ class CostTracker:
         else:
             sync = ~(_or(streamed, flags))
         images = None if is_request else batch.get("images")
-        models = label_values(batch, "model")
-        labels = [
-            models,
-            label_values(batch, "endpoint"),
-            label_values(batch, "key_id"),
-            self._providers_of(batch, models),
-        ]
+        groups = batch.groups(("model", "endpoint", "key_id", "provider"))
         hour, day = int(now // 3600), local_day(wall, self.tz)
         touched: set[str] = set()
-        for (model, endpoint, key, provider), rows in group_rows(batch, labels):
+        if groups.codes is None:
+            parts: list[Any] = [None]
+        else:
+            order = np.argsort(groups.codes, kind="stable")
+            bounds = np.cumsum(groups.counts).tolist()
+            parts = [order[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+        for (model, endpoint, key, provider), rows in zip(groups.keys, parts, strict=True):
             q = Quantities(
-                take(inputs, rows),
-                take(outputs, rows),
-                take(cached, rows),
-                take(writes, rows),
-                take(chars, rows),
-                take(given, rows),
-                take(flags, rows),
-                take(images, rows),
+                _take(inputs, rows),
+                _take(outputs, rows),
+                _take(cached, rows),
+                _take(writes, rows),
+                _take(chars, rows),
+                _take(given, rows),
+                _take(flags, rows),
+                _take(images, rows),
                 peak,
             )
             res = self.pricing.resolve(model)
             includes = self.pricing.input_includes_cached(provider)
             g = price_rows(q, res, includes, self.pricing, model)
-            key = self._record(model, endpoint, key, g, q, take(sync, rows), now, hour, day)
+            key = self._record(model, endpoint, key, g, q, _take(sync, rows), ctx, hour, day)
             touched.add(key)
         self._check_budgets(touched, wall)
 
@@ -154,10 +162,11 @@ class CostTracker:
         g: GroupCost,
         q: Quantities,
         sync: Any,
-        now: float,
+        ctx: Ctx,
         hour: int,
         day: int,
     ) -> str:
+        now = ctx.now
         count = len(q.input)
         total = int(g.cost.sum())  # int64 only where the bound proved it cannot overflow
         fits = q.peak * count < _INT64  # int64 sums of the counts cannot wrap
@@ -165,10 +174,13 @@ class CostTracker:
             0 if c is None else (int(c.sum()) if fits else exact_sum(c))
             for c in (q.input, q.output, q.cached, q.cache_write)
         ]
-        self.series.get((model, endpoint, key), now, count)[0] += total
+        key = key or "unknown"
+        sid = self.series.ids([(model, endpoint, key)], [count], now, ctx.version)
+        arrays = self.series.arrays
+        arrays["total"] = add_rows(arrays["total"], sid, np.array([total], dtype=object))
         priced = g.cost if g.priced is None else g.cost[g.priced]
         if priced.size:
-            self.hist.get((model,), now, count).record(priced, total)
+            self._hist(model, priced, total, count, ctx)
         self.all.add(model, endpoint, total, count, tokens, hour, day)
         key, state = self._key(key)
         state.add(model, endpoint, total, count, tokens, hour, day)
@@ -190,8 +202,23 @@ class CostTracker:
                 self.batch_savings[i] += v
         if g.has_tokens:
             self._usage(state, model, g, q, sync, now)
-        self.dirty.add(key)
+        self.suggest_due.add(key)
+        self._changed.add(key)
         return key
+
+    def _hist(self, model: str, priced: Any, total: int, count: int, ctx: Ctx) -> None:
+        """The per-model cost histogram (pUSD values; beyond int64: past every bound)."""
+        hid = self.hist.ids([(model,)], [count], ctx.now, ctx.version)
+        arrays = self.hist.arrays
+        width = len(self.bounds) + 1
+        counts = np.zeros(width, dtype=np.int64)
+        if priced.dtype == object:
+            big = np.array([v >= _INT64 for v in priced], dtype=bool)
+            counts[-1] += int(np.count_nonzero(big))
+            priced = priced[~big].astype(np.int64)
+        counts += np.bincount(np.searchsorted(self.bounds, priced, side="left"), minlength=width)
+        arrays["b"] = add_rows(arrays["b"], hid, counts.reshape(1, -1))
+        arrays["s"] = add_rows(arrays["s"], hid, np.array([total], dtype=object))
 
     def _usage(
         self, state: Totals, model: str, g: GroupCost, q: Quantities, sync: Any, now: float
@@ -240,13 +267,6 @@ class CostTracker:
                 state = self.keys[key] = Totals(64)
         return key, state
 
-    def provider_for(self, model: str) -> str:
-        return self.providers.of_model(model)
-
-    def _providers_of(self, batch: Batch, models: str | list[str]) -> str | list[str]:
-        given = batch.get("provider") if batch.type == "request" else None
-        return self.providers.column(given, models, batch.n)
-
     # --- budgets --------------------------------------------------------------------------
 
     def _totals_for(self, key_id: str) -> Totals | None:
@@ -271,8 +291,6 @@ class CostTracker:
     def _emit(self, alert: Alert) -> None:
         self.alerts.append(alert)
         self.alerts_sent[alert["level"]] += 1
-        for sink in self.alert_sinks:
-            sink(alert)
 
     def budget_status(self, key_id: str, wall: float) -> dict[str, Any] | None:
         """The status of SPEC §2 at ``wall`` (periods evaluated now), or None without a budget."""
@@ -302,24 +320,28 @@ class CostTracker:
         return removed
 
     def _budgets_changed(self) -> None:
-        """SPEC §7: budget changes are saved at once (the daemon sets the hook)."""
+        """SPEC §8: a budget change schedules a save (the daemon sets the hook)."""
+        self.dirty = True
         if self.on_budget_change is not None:
             self.on_budget_change()
 
     # --- housekeeping and views -----------------------------------------------------------
 
-    def expire(self, now: float) -> None:
-        self.series.expire(now)
-        self.hist.expire(now)
+    def expire(self, ctx: Ctx) -> None:
+        now = ctx.now
+        for table in (self.series, self.hist):
+            if table.expire(now):
+                self.dirty = True
         pending = self._pending
         if not pending and now - self._last_suggest >= self.config.cost.suggestion_interval:
             self._last_suggest = now
-            pending.extend(sorted(self.dirty | {k for k, _t in self.suggestions}))
-            self.dirty.clear()
+            pending.extend(sorted(self.suggest_due | {k for k, _t in self.suggestions}))
+            self.suggest_due.clear()
         if pending:
             batch = pending[:PER_TICK]
             del pending[:PER_TICK]
             refresh(self, batch, now)
+            self.dirty = True
 
     def series_count(self) -> int:
         return len(self.series)
@@ -327,38 +349,91 @@ class CostTracker:
     def series_overflow(self) -> int:
         return self.series.overflowed + self.hist.overflowed + self.keys_overflowed
 
-    def families(self, now: float) -> list[Family]:
-        from metricsd.trackers.cost_export import cost_families
+    def freeze(self, now: float) -> Any:
+        """The tracker's data as a snapshot sees it: totals copied only for keys that moved."""
+        from metricsd.trackers.cost_view import CostView
 
-        return cost_families(self, now)
+        frozen = self._frozen_keys
+        for key in self._changed:
+            state = self.keys.get(key)
+            if state is not None:
+                frozen[key] = state.copy()
+        for key in [k for k in frozen if k not in self.keys]:
+            del frozen[key]
+        self._changed.clear()
+        return CostView.of(self, dict(frozen))
 
     # --- state and reload -----------------------------------------------------------------
 
-    #: Data attributes saved by ``state()`` (SPEC §7), budgets and their alert state included.
-    PERSIST = (
-        "start",
-        "wall_offset",
-        "series",
-        "hist",
-        "all",
-        "keys",
-        "keys_overflowed",
-        "unpriced",
-        "clamped",
-        "cache_savings",
-        "batch_savings",
-        "budgets",
-        "alerts_sent",
-        "suggestions",
-        "suggested_at",
-        "_last_suggest",
-    )
+    def state(self, now: float) -> dict[str, Any]:
+        """SPEC §7: totals, budgets and their alert state, suggestions (plain values)."""
+        return {
+            "start": self.start,
+            "wall_offset": self.wall_offset,
+            "series": self.series.state()[0],
+            "hist": self.hist.state()[0],
+            "all": self.all.state(),
+            "keys": {k: t.state() for k, t in self.keys.items()},
+            "keys_overflowed": self.keys_overflowed,
+            "unpriced": dict(self.unpriced),
+            "clamped": self.clamped,
+            "cache_savings": {m: list(v) for m, v in self.cache_savings.items()},
+            "batch_savings": list(self.batch_savings),
+            "budgets": [_budget_state(b) for b in self.budgets.values()],
+            "alerts_sent": dict(self.alerts_sent),
+            "suggestions": [[k, t, dict(v)] for (k, t), v in self.suggestions.items()],
+            "suggested_at": self.suggested_at,
+            "last_suggest": self._last_suggest,
+        }
 
-    def state(self) -> dict[str, Any]:
-        return capture(self, self.PERSIST)
-
-    def restore(self, state: dict[str, Any]) -> None:
-        restore_into(self, state)
+    def restore(self, state: Any, now: float) -> None:
+        r = Reader("cost")
+        m = r.map(state)
+        self.start = r.float(m.get("start"), "start")
+        self.wall_offset = r.float(m.get("wall_offset"), "wall_offset")
+        self.series.restore(m.get("series"), r, now)
+        self.hist.restore(m.get("hist"), r, now)
+        cap = self.config.limits.max_series
+        self.all = Totals.restore(m.get("all"), r, "all", cap)
+        keys = r.map(m.get("keys"), "keys")
+        if len(keys) > self.config.cost.max_keys + 1:
+            raise r.fail("more keys than cost.max_keys", "keys")
+        self.keys = {r.str(k, "keys"): Totals.restore(v, r, f"keys.{k}", 64)
+                     for k, v in keys.items()}
+        self.keys_overflowed = r.int(m.get("keys_overflowed"), "keys_overflowed", 0)
+        self.unpriced = r.counts(m.get("unpriced"), "unpriced", 1001)
+        self.clamped = r.int(m.get("clamped"), "clamped", 0)
+        savings = r.map(m.get("cache_savings"), "cache_savings")
+        self.cache_savings = {}
+        for model, values in savings.items():
+            items = r.list(values, f"cache_savings.{model}", 4)
+            if len(items) != 4:
+                raise r.fail("not four amounts", "cache_savings")
+            self.cache_savings[r.str(model, "cache_savings")] = [
+                r.int(v, "cache_savings") for v in items
+            ]
+        batch = r.list(m.get("batch_savings"), "batch_savings", 3)
+        if len(batch) != 3:
+            raise r.fail("not three amounts", "batch_savings")
+        self.batch_savings = [r.int(v, "batch_savings", 0) for v in batch]
+        self.budgets = {}
+        for raw in r.list(m.get("budgets"), "budgets", self.config.cost.max_budgets + 1000):
+            budget = _budget_load(raw, r)
+            self.budgets[budget.key_id] = budget
+        self.alerts_sent = {"threshold": 0, "exceeded": 0}
+        self.alerts_sent.update(r.counts(m.get("alerts_sent"), "alerts_sent", 2))
+        self.suggestions = {}
+        for raw in r.list(m.get("suggestions"), "suggestions", 1 << 20):
+            item = r.list(raw, "suggestions[]", 3)
+            if len(item) != 3:
+                raise r.fail("not (key, type, suggestion)", "suggestions")
+            body = r.map(item[2], "suggestions[]")
+            _check_json(body, r, "suggestions[]")
+            self.suggestions[(r.str(item[0], "key"), r.str(item[1], "type"))] = body
+        self.suggested_at = r.opt_float(m.get("suggested_at"), "suggested_at")
+        self._last_suggest = r.float(m.get("last_suggest"), "last_suggest")
+        self._changed = set(self.keys)
+        self.dirty = True
         # Budgets written in the config file win over saved ones for the same key (their spend
         # and alert state are kept); budgets set over HTTP come back as they were.
         self._configure_budgets(self.config.cost.budgets)
@@ -374,15 +449,62 @@ class CostTracker:
         for b in budgets:
             self.budgets[b.key] = apply_update(b.key, self.budgets.get(b.key), _fields(b))
 
-    def live(self, now: float, models: frozenset[str]) -> dict[str, Any]:
-        """The stream's ``cost`` category; a model filter narrows ``by_model`` (the totals
-        and the hourly rate are not kept per model)."""
-        from metricsd.trackers.cost_export import stream_view
 
-        view = stream_view(self, now)
-        if models:
-            view["by_model"] = {m: v for m, v in view["by_model"].items() if m in models}
-        return view
+def _budget_state(b: Budget) -> dict[str, Any]:
+    return {
+        "key_id": b.key_id,
+        "limit": b.limit,
+        "period": b.period,
+        "limit_type": b.limit_type,
+        "threshold": str(b.threshold),
+        "alert_period": b.alert_period,
+        "alerted": sorted(b.alerted),
+    }
+
+
+def _budget_load(raw: Any, r: Any) -> Budget:
+    from decimal import Decimal, InvalidOperation
+
+    from metricsd.budgets import LIMIT_TYPES, PERIODS
+
+    m = r.map(raw, "budgets[]")
+    period = r.str(m.get("period"), "period")
+    limit_type = r.str(m.get("limit_type"), "limit_type")
+    if period not in PERIODS or limit_type not in LIMIT_TYPES:
+        raise r.fail("an unknown period or limit type", "budgets")
+    try:
+        threshold = Decimal(r.str(m.get("threshold"), "threshold", 64))
+    except InvalidOperation:
+        raise r.fail("threshold is not a number", "budgets") from None
+    if not threshold.is_finite() or not 0 <= threshold <= 1:
+        raise r.fail("threshold out of range", "budgets")
+    alerted = {r.str(v, "alerted") for v in r.list(m.get("alerted"), "alerted", 2)}
+    if not alerted <= {"threshold", "exceeded"}:
+        raise r.fail("an unknown alert level", "budgets")
+    return Budget(
+        r.str(m.get("key_id"), "key_id", 64),
+        r.int(m.get("limit"), "limit", 0),
+        period,
+        limit_type,
+        threshold,
+        r.opt_float(m.get("alert_period"), "alert_period"),
+        alerted,
+    )
+
+
+def _check_json(value: Any, r: Any, path: str, depth: int = 0) -> None:
+    """A suggestion is plain JSON: maps, lists, strings, numbers, booleans, null."""
+    if depth > 8:
+        raise r.fail("nested too deep", path)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            r.str(k, path)
+            _check_json(v, r, path, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json(v, r, path, depth + 1)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise r.fail("not plain JSON", path)
 
 
 def _fields(b: Any) -> dict[str, Any]:
@@ -415,6 +537,19 @@ def _flags(batch: Batch, name: str) -> Any:
     if value is None or value is False:
         return None
     return batch.column(name, bool)
+
+
+def _take(column: Any, rows: Any) -> Any:
+    """Rows of a column (array or list), or the scalar itself for a constant."""
+    if rows is None or column is None:
+        return column
+    if isinstance(column, np.ndarray):
+        return column[rows]
+    if isinstance(column, list):
+        return [column[i] for i in rows.tolist()]
+    if hasattr(column, "codes"):
+        return [column.values[c] for c in column.codes[rows].tolist()]
+    return column
 
 
 def _or(a: Any, b: Any) -> Any:

@@ -148,6 +148,62 @@ class Totals:
             self.days[day] = 0
         self.days[day] += cost
 
+    def copy(self) -> Totals:
+        """A copy that later additions to this one do not change (for a snapshot)."""
+        out = Totals(self.cap)
+        out.total = self.total
+        out.requests = self.requests
+        out.tokens = list(self.tokens)
+        out.by_model = dict(self.by_model)
+        out.by_endpoint = dict(self.by_endpoint)
+        out.hours = dict(self.hours)
+        out.days = dict(self.days)
+        out.usage = {m: r.copy() for m, r in self.usage.items()}
+        out.overflowed = self.overflowed
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "requests": self.requests,
+            "tokens": list(self.tokens),
+            "by_model": dict(self.by_model),
+            "by_endpoint": dict(self.by_endpoint),
+            "hours": [[h, v] for h, v in self.hours.items()],
+            "days": [[d, v] for d, v in self.days.items()],
+            "usage": {m: {"idx": u.idx, "data": u.data} for m, u in self.usage.items()},
+            "overflowed": self.overflowed,
+        }
+
+    @classmethod
+    def restore(cls, value: Any, r: Any, path: str, cap: int) -> Totals:
+        m = r.map(value, path)
+        out = cls(cap)
+        out.total = r.int(m.get("total"), f"{path}.total")
+        out.requests = r.int(m.get("requests"), f"{path}.requests", 0)
+        tokens = r.list(m.get("tokens"), f"{path}.tokens", 4)
+        if len(tokens) != 4:
+            raise r.fail("not four token counts", path)
+        out.tokens = [r.int(t, f"{path}.tokens", 0) for t in tokens]
+        out.by_model = _amounts(m.get("by_model"), r, f"{path}.by_model", cap + 1)
+        out.by_endpoint = _amounts(m.get("by_endpoint"), r, f"{path}.by_endpoint", cap + 1)
+        out.hours = _buckets(m.get("hours"), r, f"{path}.hours", HOURS_KEPT + 1)
+        out.days = _buckets(m.get("days"), r, f"{path}.days", KEEP_DAYS + 1)
+        usage = r.map(m.get("usage"), f"{path}.usage")
+        if len(usage) > MAX_MODELS_PER_KEY:
+            raise r.fail("too many models", path)
+        for model, ring in usage.items():
+            u = r.map(ring, f"{path}.usage")
+            got = UsageRing()
+            got.idx = r.array(u.get("idx"), f"{path}.usage.idx", np.int64)
+            got.data = r.array(u.get("data"), f"{path}.usage.data", np.float64,
+                               (len(USAGE_FIELDS),))
+            if len(got.idx) != USAGE_DAYS or len(got.data) != USAGE_DAYS:
+                raise r.fail("a usage ring of the wrong size", path)
+            out.usage[r.str(model, path)] = got
+        out.overflowed = r.int(m.get("overflowed"), f"{path}.overflowed", 0)
+        return out
+
     def since_hour(self, first: int) -> int:
         return sum(v for h, v in self.hours.items() if h >= first)
 
@@ -160,6 +216,23 @@ class Totals:
         return ring
 
 
+def _amounts(value: Any, r: Any, path: str, limit: int) -> dict[str, int]:
+    m = r.map(value, path)
+    if len(m) > limit:
+        raise r.fail("too many entries", path)
+    return {r.str(k, path): r.int(v, path) for k, v in m.items()}
+
+
+def _buckets(value: Any, r: Any, path: str, limit: int) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for item in r.list(value, path, limit):
+        pair = r.list(item, path, 2)
+        if len(pair) != 2:
+            raise r.fail("not (time, amount)", path)
+        out[r.int(pair[0], path)] = r.int(pair[1], path)
+    return out
+
+
 class UsageRing:
     """Per-day sums of :data:`USAGE_FIELDS` over the last ``USAGE_DAYS`` monotonic days."""
 
@@ -168,6 +241,12 @@ class UsageRing:
     def __init__(self) -> None:
         self.idx = np.full(USAGE_DAYS, -(1 << 62), dtype=np.int64)
         self.data = np.zeros((USAGE_DAYS, len(USAGE_FIELDS)), dtype=np.float64)
+
+    def copy(self) -> UsageRing:
+        out = UsageRing()
+        out.idx = self.idx.copy()
+        out.data = self.data.copy()
+        return out
 
     def add(self, now: float, values: list[float]) -> None:
         day = int(now // 86400)

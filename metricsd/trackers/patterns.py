@@ -69,6 +69,7 @@ class Pattern:
         "sample",
         "status",
         "users",
+        "version",
     )
 
     def __init__(
@@ -94,6 +95,7 @@ class Pattern:
         self.models: set[str] = set()
         self.users = DistinctCounter()
         self.request_ids: deque[str] = deque(maxlen=MAX_REQUEST_IDS)  # the most recent ones
+        self.version = 0  # bumped on every change, so a snapshot re-reads only what changed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +160,7 @@ class PatternTable:
         for user in users:
             pattern.users.add(user)
         pattern.request_ids.extend(request_ids)
+        pattern.version += 1
         return pattern
 
     def select(
@@ -170,7 +173,7 @@ class PatternTable:
             for p in self._patterns.values()
             if p.count >= min_count and (seen_since is None or p.last_seen_at >= seen_since)
         ]
-        chosen.sort(key=lambda p: (-p.count, -p.last_seen_at))
+        chosen.sort(key=lambda p: (-p.count, -p.last_seen_at, p.fingerprint))
         return chosen if limit is None else chosen[:limit]
 
     def __len__(self) -> int:
@@ -181,6 +184,60 @@ class PatternTable:
 
     def get(self, fingerprint: str) -> Pattern | None:
         return self._patterns.get(fingerprint)
+
+    def state(self) -> dict[str, Any]:
+        """Patterns in least-recently-seen order (plain values)."""
+        return {
+            "evicted": self.evicted,
+            "patterns": [
+                {
+                    "fingerprint": p.fingerprint,
+                    "error_type": p.error_type,
+                    "endpoint": p.endpoint,
+                    "status": p.status,
+                    "normalised": p.normalised,
+                    "sample": p.sample,
+                    "count": p.count,
+                    "first_seen": p.first_seen,
+                    "last_seen": p.last_seen,
+                    "last_seen_at": p.last_seen_at,
+                    "models": sorted(p.models),
+                    "users": p.users.bits,
+                    "request_ids": list(p.request_ids),
+                }
+                for p in self._patterns.values()
+            ],
+        }
+
+    def restore(self, state: Any, r: Any) -> None:
+        m = r.map(state, "patterns")
+        self.evicted = r.int(m.get("evicted"), "patterns.evicted", 0)
+        self._patterns.clear()
+        saved = r.list(m.get("patterns"), "patterns.patterns", 1 << 20)
+        for raw in saved[-self.max_patterns :]:
+            d = r.map(raw, "patterns[]")
+            p = Pattern(
+                r.str(d.get("fingerprint"), "fingerprint", 64),
+                r.str(d.get("error_type"), "error_type"),
+                r.str(d.get("endpoint"), "endpoint"),
+                r.int(d.get("status"), "status"),
+                r.str(d.get("normalised"), "normalised"),
+                r.str(d.get("sample"), "sample"),
+                r.float(d.get("first_seen"), "first_seen"),
+            )
+            p.count = r.int(d.get("count"), "count", 0)
+            p.last_seen = r.float(d.get("last_seen"), "last_seen")
+            p.last_seen_at = r.float(d.get("last_seen_at"), "last_seen_at")
+            p.models = {r.str(x, "models") for x in r.list(d.get("models"), "models", MAX_MODELS)}
+            bits = r.int(d.get("users"), "users", 0)
+            if bits >> DistinctCounter.BITS:
+                raise r.fail("users bitmap too wide", "patterns")
+            p.users.bits = bits
+            p.request_ids.extend(
+                r.str(x, "request_ids") for x in r.list(d.get("request_ids"), "request_ids",
+                                                        MAX_REQUEST_IDS)
+            )
+            self._patterns[p.fingerprint] = p
 
 
 class BurstDetector:
@@ -239,3 +296,22 @@ class BurstDetector:
     def recent(self) -> list[dict[str, Any]]:
         """Copies of the kept events, oldest first."""
         return [dict(e) for e in self.events]
+
+    def state(self) -> dict[str, Any]:
+        return {"total": self.total, "events": self.recent()}
+
+    def restore(self, state: Any, r: Any) -> None:
+        """Lifetime count and the kept events; the last second's buckets start empty."""
+        m = r.map(state, "bursts")
+        self.total = r.int(m.get("total"), "bursts.total", 0)
+        self.events.clear()
+        for raw in r.list(m.get("events"), "bursts.events", self.events.maxlen or 100):
+            e = r.map(raw, "bursts.events")
+            self.events.append(
+                {
+                    "timestamp": r.float(e.get("timestamp"), "timestamp"),
+                    "error_count": r.int(e.get("error_count"), "error_count", 0),
+                    "threshold": r.int(e.get("threshold"), "threshold", 0),
+                    "duration_seconds": r.float(e.get("duration_seconds"), "duration_seconds"),
+                }
+            )

@@ -1,88 +1,46 @@
 """The request tracker: throughput, latency, tokens, finish reasons, cache and queue (SPEC §4.1).
 
-One series per (provider, endpoint, model). Each holds lifetime counters (for Prometheus, never
-decreasing), exact Prometheus bucket counters, and windowed counters and HDR histograms (for
-rates and percentiles). Everything is recorded per batch with numpy; there is no per-event
-Python work per event on the columnar fast path.
+One series per (provider, endpoint, model), kept series-major (:mod:`metricsd.series`): lifetime
+counters for Prometheus (never decreasing), exact Prometheus bucket counters, and windowed
+counters and HDR histograms for rates and percentiles (:mod:`metricsd.window`). A batch is
+recorded with a fixed number of numpy calls whatever its mix of label sets: its rows are grouped
+once (shared with the other trackers), each group is looked up once, and every quantity is
+summed per group and added to its series in one call.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
+from metricsd.batch import Batch, Groups, regroup
 from metricsd.config import Config
-from metricsd.export.prometheus import Family, render_labels
-from metricsd.hist import Buckets, Layout
-from metricsd.persist import capture, restore_into
-from metricsd.protocol import Batch
-from metricsd.series import SeriesRegistry
-from metricsd.trackers.base import Providers, group_rows, label_values, take
-from metricsd.trackers.recent import RecentRing
-from metricsd.window import CounterRing, Geometry, HistRing
+from metricsd.hist import Layout, bucket_counts
+from metricsd.outcomes import DEFAULT_ERROR_TYPE, is_error, status_column, status_labels
+from metricsd.persist import Reader
+from metricsd.series import SeriesTable
+from metricsd.trackers.base import Ctx, add_rows, group_sums
+from metricsd.trackers.recent import RecentRing, newest
+from metricsd.window import CounterLog, Geometry, HistLog, hist_entries
 
-__all__ = ["RequestTracker"]
+__all__ = ["FIELDS", "LATENCY_LAYOUT", "TOKEN_TYPES", "RequestTracker"]
 
-#: Windowed counter fields of a request series, in CounterRing order.
-FIELDS = ("requests", "errors", "input", "output", "cached", "reasoning", "cache_write")
-TOKEN_TYPES = ("input", "output", "cached", "cache_write", "reasoning")
-_TOKEN_FIELDS = {
+#: Windowed counter fields of a request series, in CounterLog order.
+FIELDS: Final = ("requests", "errors", "input", "output", "cached", "reasoning", "cache_write")
+#: Lifetime token counters, in ``tokens`` column order.
+TOKEN_TYPES: Final = ("input", "output", "cached", "cache_write", "reasoning")
+_TOKEN_FIELDS: Final = {
     "input": "input_tokens",
     "output": "output_tokens",
     "cached": "cached_tokens",
     "cache_write": "cache_write_tokens",
     "reasoning": "reasoning_tokens",
 }
-LATENCY_LAYOUT = Layout(highest=3_600_000_000, significant_figures=2, scale=1000.0)  # ms → µs
-
-
-class RequestSeries:
-    """State of one (provider, endpoint, model) series."""
-
-    __slots__ = (
-        "buckets",
-        "errors_total",
-        "first_seen",
-        "labels",
-        "latency",
-        "queue_buckets",
-        "queue_wait",
-        "statuses",
-        "tokens",
-        "window",
-    )
-
-    def __init__(
-        self, geometry: Geometry, config: Config, now: float, key: tuple[str, ...]
-    ) -> None:
-        # Rendered once: escaping label values on every tick would dominate the exposition.
-        self.labels = render_labels(tuple(zip(("provider", "endpoint", "model"), key, strict=True)))
-        self.first_seen = now
-        self.window = CounterRing(geometry, len(FIELDS))
-        self.latency = HistRing(geometry, LATENCY_LAYOUT)
-        self.buckets = Buckets(config.prometheus.duration_buckets)
-        self.queue_wait: HistRing | None = None
-        self.queue_buckets: Buckets | None = None
-        self.statuses: Counter[str] = Counter()
-        self.tokens = np.zeros(len(TOKEN_TYPES), dtype=np.int64)
-        self.errors_total = 0
-
-
-class CacheSeries:
-    __slots__ = ("hits", "matched", "matched_on_hits", "misses", "total")
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self.misses = 0
-        self.total = 0
-        self.matched = 0
-        self.matched_on_hits = 0
-
-
-def _status_label(status: int) -> str:
-    return str(status) if 100 <= status <= 599 else "other"
+#: Window field index of each token type.
+_WINDOW_OF: Final = {"input": 2, "output": 3, "cached": 4, "reasoning": 5, "cache_write": 6}
+LATENCY_LAYOUT: Final = Layout(highest=3_600_000_000, significant_figures=2, scale=1000.0)
+CACHE_FIELDS: Final = ("hits", "misses", "total", "matched", "matched_on_hits")
 
 
 class RequestTracker:
@@ -97,205 +55,286 @@ class RequestTracker:
         self.start = start
         limits = config.limits
         cap, ttl = limits.max_series, limits.series_ttl
-        self.series: SeriesRegistry[RequestSeries] = SeriesRegistry(
-            "requests", lambda k: RequestSeries(geometry, config, self._now, k), cap, ttl
-        )
-        self.finish: SeriesRegistry[list[int]] = SeriesRegistry("finish", lambda _k: [0], cap, ttl)
-        self.errors: SeriesRegistry[list[int]] = SeriesRegistry("errors", lambda _k: [0], cap, ttl)
-        self.token_hist: SeriesRegistry[Buckets] = SeriesRegistry(
-            "tokens", lambda _k: Buckets(config.prometheus.token_buckets), cap, ttl
-        )
-        self.cache: SeriesRegistry[CacheSeries] = SeriesRegistry(
-            "cache", lambda _k: CacheSeries(), cap, ttl
-        )
-        self.queues: SeriesRegistry[list[float]] = SeriesRegistry(
-            "queues", lambda _k: [0.0, 0.0], cap, ttl
-        )
+        prom = config.prometheus
+        buckets = len(prom.duration_buckets) + 1
+        self.series = s = SeriesTable("requests", 3, cap, ttl, hold=geometry.long_seconds)
+        s.add_array("first_seen", (), np.float64, -1.0)
+        s.add_array("errors")
+        s.add_array("tokens", (len(TOKEN_TYPES),))
+        s.add_array("dur_b", (buckets,))
+        s.add_array("dur_s", (), object)  # exact sum in ms (metricsd.hist.exact_sums)
+        s.add_array("queue_b", (buckets,))
+        s.add_array("queue_s", (), object)
+        self.window = CounterLog(geometry, len(FIELDS))
+        self.latency = HistLog(geometry, LATENCY_LAYOUT)
+        self.queue_wait = HistLog(geometry, LATENCY_LAYOUT)
+        #: (provider, endpoint, model, status) of a series (its labels as folded at the cap):
+        #: a series has a few statuses, each label bounded (outcomes.status_label).
+        self.statuses = SeriesTable("requests_status", 4, 8 * cap, ttl)
+        self.statuses.add_array("count")
+        self.errors = SeriesTable("errors", 4, cap, ttl)
+        self.errors.add_array("count")
+        self.finish = SeriesTable("finish", 2, cap, ttl)
+        self.finish.add_array("count")
+        self.token_hist = SeriesTable("tokens", 2, cap, ttl)
+        self.token_hist.add_array("b", (len(prom.token_buckets) + 1,))
+        self.token_hist.add_array("s")
+        self.cache = SeriesTable("cache", 2, cap, ttl)
+        self.cache.add_array("stats", (len(CACHE_FIELDS),))
+        self.queues = SeriesTable("queues", 1, cap, ttl)
+        self.queues.add_array("depth", (), np.float64, 0.0)
+        self.queues.add_array("capacity", (), np.float64, 0.0)
         self.recent = RecentRing(config.engine.recent_size)
-        self.providers = Providers(config.providers.prefixes)
-        self._now = start
+        self._duration_bounds = np.asarray(prom.duration_buckets, dtype=np.float64)
+        self._token_bounds = np.asarray(prom.token_buckets, dtype=np.float64)
+        self.dirty = True
+
+    def tables(self) -> tuple[SeriesTable, ...]:
+        return (
+            self.series,
+            self.statuses,
+            self.errors,
+            self.finish,
+            self.token_hist,
+            self.cache,
+            self.queues,
+        )
 
     # --- writes ---------------------------------------------------------------------------
 
-    def apply(self, batch: Batch, now: float, wall: float) -> None:
+    def apply(self, batch: Batch, ctx: Ctx) -> None:
         """Record a batch (nothing derived)."""
-        self._now = now
+        if batch.n == 0:
+            return
+        self.dirty = True
         if batch.type in ("request", "error"):
-            self._outcomes(batch, now)
+            self._outcomes(batch, ctx)
         elif batch.type == "cache":
-            self._cache(batch, now)
+            self._cache(batch, ctx)
         elif batch.type == "queue":
-            self._queue(batch, now)
+            self._queue(batch, ctx)
 
-    def provider_for(self, model: str) -> str:
-        return self.providers.of_model(model)
-
-    def _outcomes(self, batch: Batch, now: float) -> None:
-        n = batch.n
-        endpoints = label_values(batch, "endpoint")
-        models = label_values(batch, "model")
-        providers = self.providers.column(batch.get("provider"), models, n)
+    def _outcomes(self, batch: Batch, ctx: Ctx) -> None:
+        now, version = ctx.now, ctx.version
+        table = self.series
+        groups = batch.groups(("provider", "endpoint", "model"))
+        sids = table.ids(groups.keys, groups.counts, now, version)
+        arrays = table.arrays
+        first = arrays["first_seen"]
+        first[sids[first[sids] < 0]] = now
+        size = len(groups)
+        errors = is_error(batch)
+        n_errors = groups.sums(errors).astype(np.int64)
         is_request = batch.type == "request"
-        status_col = batch.column("status", np.int64)
-        error_types = batch.get("error_type")
-        has_type = (
-            np.array([e is not None for e in error_types], dtype=bool)
-            if isinstance(error_types, list)
-            else np.full(n, error_types is not None, dtype=bool)
-        )
-        is_error = (status_col >= 400) | has_type
-        tokens = {
-            t: batch.column(f, np.int64) if is_request else None for t, f in _TOKEN_FIELDS.items()
-        }
-        duration = batch.column("duration_ms") if is_request else None
-        queue_ms = batch.get("queue_ms") if is_request else None
-        for key, rows in group_rows(batch, [providers, endpoints, models]):
-            series = self.series.get(key, now, n if rows is None else len(rows))
-            statuses = take(status_col, rows)
-            errors = take(is_error, rows)
-            count = len(statuses)
-            n_errors = int(np.count_nonzero(errors))
-            sums = [0] * len(TOKEN_TYPES)
-            if is_request and duration is not None:
-                d = take(duration, rows)
-                series.latency.record(now, d)
-                series.buckets.record_array(d / 1000.0)
-                for i, token_type in enumerate(TOKEN_TYPES):
-                    column = take(tokens[token_type], rows)
-                    sums[i] = int(column.sum())
-                series.tokens += sums
-                self._token_hist(key[2], tokens, rows, now)
-                if isinstance(queue_ms, (np.ndarray, float)):
-                    self._queue_wait(series, take(batch.column("queue_ms"), rows), now)
-            values, counts = np.unique(statuses, return_counts=True)
-            for status, c in zip(values.tolist(), counts.tolist(), strict=True):
-                series.statuses[_status_label(status)] += c
-            series.errors_total += n_errors
-            series.window.add(now, [count, n_errors, *sums[:3], sums[4], sums[3]])
-            if n_errors:
-                self._errors(batch, key, rows, errors, now)
-            if is_request:
-                self._finish(batch, key[2], rows, now)
-        self._recent(batch, endpoints, models, status_col, is_error, duration)
+        window = np.zeros((size, len(FIELDS)), dtype=np.float64)
+        window[:, 0] = groups.counts
+        window[:, 1] = n_errors
+        arrays["errors"] = add_rows(arrays["errors"], sids, n_errors)
+        if is_request:
+            tokens = np.zeros((size, len(TOKEN_TYPES)), dtype=np.int64)
+            for i, token_type in enumerate(TOKEN_TYPES):
+                field = _TOKEN_FIELDS[token_type]
+                if batch.const.get(field) == 0:
+                    continue  # zero for the whole batch (the usual cached/reasoning)
+                sums = group_sums(batch.column(field, np.int64), groups)
+                if sums.dtype == object:
+                    tokens = tokens.astype(object)
+                tokens[:, i] = sums
+                window[:, _WINDOW_OF[token_type]] = sums.astype(np.float64)
+            arrays["tokens"] = add_rows(arrays["tokens"], sids, tokens)
+            self._durations(batch, groups.codes, sids, size, now)
+            self._token_hist(batch, ctx)
+            self._finish(batch, ctx)
+        self.window.add(now, sids, window)
+        # Statuses per series as folded: an overflowed label set keeps its real status.
+        folded = Groups([table.keys[sid] for sid in sids.tolist()], groups.codes, groups.counts)
+        labels = regroup(folded, status_labels(batch), batch.n)
+        status_ids = self.statuses.ids(labels.keys, labels.counts, now, version)
+        counts = self.statuses.arrays
+        counts["count"] = add_rows(counts["count"], status_ids, labels.counts)
+        if n_errors.any():
+            self._errors(batch.take(errors), ctx)
+        self._recent(batch, errors)
 
-    def _token_hist(self, model: str, tokens: dict[str, Any], rows: Any, now: float) -> None:
+    def _durations(
+        self, batch: Batch, codes: Any, sids: np.ndarray[Any, Any], size: int, now: float
+    ) -> None:
+        arrays = self.series.arrays
+        duration = batch.column("duration_ms")
+        entries = hist_entries(LATENCY_LAYOUT, duration, codes, sids)
+        self.latency.record(now, entries)
+        arrays["dur_b"] = add_rows(
+            arrays["dur_b"], sids, bucket_counts(self._duration_bounds, duration / 1000.0,
+                                                 codes, size)
+        )
+        if entries is not None:  # the exact sums beside the histogram are the _sum too
+            np.add.at(arrays["dur_s"], entries.ids, entries.total)
+        queue = batch.get("queue_ms")
+        if queue is None:
+            return
+        waits = batch.column("queue_ms")
+        present = ~np.isnan(waits)
+        if not present.any():
+            return
+        qcodes = None if codes is None else codes[present]
+        waits = waits[present]
+        entries = hist_entries(LATENCY_LAYOUT, waits, qcodes, sids)
+        self.queue_wait.record(now, entries)
+        arrays["queue_b"] = add_rows(
+            arrays["queue_b"], sids, bucket_counts(self._duration_bounds, waits / 1000.0,
+                                                   qcodes, size)
+        )
+        if entries is not None:
+            np.add.at(arrays["queue_s"], entries.ids, entries.total)
+
+    def _token_hist(self, batch: Batch, ctx: Ctx) -> None:
+        models = batch.groups(("model",))
+        table = self.token_hist
+        size = len(models)
         for token_type in ("input", "output"):
-            self.token_hist.get((model, token_type), now).record_array(
-                take(tokens[token_type], rows).astype(np.float64)
+            keys = [(m, token_type) for (m,) in models.keys]
+            ids = table.ids(keys, models.counts, ctx.now, ctx.version)
+            values = batch.column(_TOKEN_FIELDS[token_type], np.int64)
+            arrays = table.arrays
+            arrays["b"] = add_rows(
+                arrays["b"],
+                ids,
+                bucket_counts(self._token_bounds, values.astype(np.float64), models.codes, size),
             )
+            arrays["s"] = add_rows(arrays["s"], ids, group_sums(values, models))
 
-    def _queue_wait(self, series: RequestSeries, waits: np.ndarray[Any, Any], now: float) -> None:
-        waits = waits[~np.isnan(waits)]
-        if waits.size == 0:
+    def _finish(self, batch: Batch, ctx: Ctx) -> None:
+        if not batch.has("finish_reason"):
             return
-        if series.queue_wait is None:
-            series.queue_wait = HistRing(self.geometry, LATENCY_LAYOUT)
-            series.queue_buckets = Buckets(self.config.prometheus.duration_buckets)
-        assert series.queue_buckets is not None
-        series.queue_wait.record(now, waits)
-        series.queue_buckets.record_array(waits / 1000.0)
+        reasons = batch.groups(("model", "finish_reason"), ("unknown", None))
+        keep = [i for i, key in enumerate(reasons.keys) if key[1] is not None]
+        if not keep:
+            return
+        index = np.asarray(keep, dtype=np.intp)
+        ids = self.finish.ids([reasons.keys[i] for i in keep], reasons.counts[index], ctx.now,
+                              ctx.version)
+        arrays = self.finish.arrays
+        arrays["count"] = add_rows(arrays["count"], ids, reasons.counts[index])
 
-    def _finish(self, batch: Batch, model: str, rows: Any, now: float) -> None:
-        reasons = take(batch.get("finish_reason"), rows)
-        if reasons is None:
-            return
-        counts = (
-            Counter(reasons) if isinstance(reasons, list) else Counter({reasons: _len(rows, batch)})
+    def _errors(self, failed: Batch, ctx: Ctx) -> None:
+        """``llm_errors_total{endpoint, model, error_type, status}`` from the failed rows."""
+        groups = failed.groups(
+            ("endpoint", "model", "error_type"), ("unknown", "unknown", DEFAULT_ERROR_TYPE)
         )
-        for reason, c in counts.items():
-            if reason is not None:
-                self.finish.get((model, reason), now, c)[0] += c
+        labels = regroup(groups, status_labels(failed), failed.n)
+        ids = self.errors.ids(labels.keys, labels.counts, ctx.now, ctx.version)
+        arrays = self.errors.arrays
+        arrays["count"] = add_rows(arrays["count"], ids, labels.counts)
 
-    def _errors(
-        self, batch: Batch, key: tuple[str, ...], rows: Any, errors: Any, now: float
-    ) -> None:
-        types = take(batch.get("error_type"), rows)
-        statuses = take(batch.column("status", np.int64), rows)
-        count = len(statuses)
-        type_list = types if isinstance(types, list) else [types] * count
-        tally: Counter[tuple[str, str]] = Counter()
-        for i in np.flatnonzero(errors).tolist():
-            tally[(type_list[i] or "http_error", _status_label(int(statuses[i])))] += 1
-        for (error_type, status), c in tally.items():
-            self.errors.get((key[1], key[2], error_type, status), now, c)[0] += c
-
-    def _recent(
-        self, batch: Batch, endpoints: Any, models: Any, status: Any, is_error: Any, duration: Any
-    ) -> None:
+    def _recent(self, batch: Batch, errors: np.ndarray[Any, Any]) -> None:
+        status = status_column(batch)
         if batch.type == "request":
             tokens = batch.column("input_tokens", np.int64) + batch.column(
                 "output_tokens", np.int64
             )
+            duration = batch.column("duration_ms")
         else:
             tokens = np.zeros(batch.n, dtype=np.int64)
+            duration = None
         self.recent.add(
             batch.column("ts"),
-            models,
-            endpoints,
+            _label_column(batch, "model"),
+            _label_column(batch, "endpoint"),
             duration,
             tokens,
             status,
-            is_error,
+            errors,
             batch.get("error_message"),
             batch.get("error_type"),
         )
 
-    def _cache(self, batch: Batch, now: float) -> None:
-        endpoints = label_values(batch, "endpoint")
-        models = label_values(batch, "model")
+    def _cache(self, batch: Batch, ctx: Ctx) -> None:
+        groups = batch.groups(("endpoint", "model"))
+        ids = self.cache.ids(groups.keys, groups.counts, ctx.now, ctx.version)
         hit = batch.column("hit", bool)
         total = batch.column("total_tokens", np.int64)
         matched = batch.column("matched_tokens", np.int64)
-        for key, rows in group_rows(batch, [endpoints, models]):
-            s = self.cache.get(key, now, batch.n if rows is None else len(rows))
-            h, t, m = take(hit, rows), take(total, rows), take(matched, rows)
-            hits = int(np.count_nonzero(h))
-            s.hits += hits
-            s.misses += len(h) - hits
-            s.total += int(t.sum())
-            s.matched += int(m.sum())
-            s.matched_on_hits += int(m[h].sum())
+        hits = groups.sums(hit).astype(np.int64)
+        stats = np.column_stack(
+            [
+                hits,
+                groups.counts - hits,
+                group_sums(total, groups),
+                group_sums(matched, groups),
+                group_sums(np.where(hit, matched, 0), groups),
+            ]
+        )
+        arrays = self.cache.arrays
+        arrays["stats"] = add_rows(arrays["stats"], ids, stats)
 
-    def _queue(self, batch: Batch, now: float) -> None:
+    def _queue(self, batch: Batch, ctx: Ctx) -> None:
+        """Gauges: the latest depth of each queue (rare events: row by row)."""
         names = batch.values("queue")
         depths = batch.values("depth")
         capacities = batch.values("capacity")
+        table = self.queues
         for name, depth, capacity in zip(names, depths, capacities, strict=True):
-            q = self.queues.get((name or "default",), now)
-            q[0], q[1] = float(depth), float(capacity or 0)
+            sid = table.id((name or "default",), ctx.now, ctx.version)
+            table.arrays["depth"][sid] = float(depth)
+            table.arrays["capacity"][sid] = float(capacity or 0)
 
-    #: Data attributes saved by ``state()`` (SPEC §7); everything else comes from the config.
-    PERSIST = ("start", "series", "finish", "errors", "token_hist", "cache", "queues", "recent")
+    # --- housekeeping ---------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        return capture(self, self.PERSIST)
-
-    def restore(self, state: dict[str, Any]) -> None:
-        restore_into(self, state)
-
-    def expire(self, now: float) -> None:
-        self._now = now
-        for registry in (
-            self.series,
-            self.finish,
-            self.errors,
-            self.token_hist,
-            self.cache,
-            self.queues,
-        ):
-            registry.expire(now)
+    def expire(self, ctx: Ctx) -> None:
+        for table in self.tables():
+            if table.expire(ctx.now):
+                self.dirty = True
 
     def series_count(self) -> int:
         return len(self.series)
 
     def series_overflow(self) -> int:
+        """Events folded into an overflow series: once per event (the status, token and cache
+        tables fold the same events as the series itself, so they are not added again)."""
         return self.series.overflowed + self.finish.overflowed + self.errors.overflowed
 
-    def families(self, now: float) -> list[Family]:
-        from metricsd.trackers.requests_export import request_families
+    # --- reads ----------------------------------------------------------------------------
 
-        return request_families(self, now)
+    def freeze(self, now: float) -> Any:
+        from metricsd.trackers.requests_view import RequestsView
+
+        return RequestsView.of(self, now)
+
+    # --- persistence (SPEC §7, §8): plain values, every one checked on the way back ----------
+
+    def state(self, now: float) -> dict[str, Any]:
+        series, rows = self.series.state()
+        out: dict[str, Any] = {
+            "start": self.start,
+            "series": series,
+            "window": self.window.state(now, rows),
+            "latency": self.latency.state(now, rows),
+            "queue_wait": self.queue_wait.state(now, rows),
+            "recent": newest(self.recent.freeze(), self.recent.size, self.recent.size)[::-1],
+        }
+        for name in _TABLES:
+            out[name] = getattr(self, name).state()[0]
+        return out
+
+    def restore(self, state: Any, now: float) -> None:
+        r = Reader("requests")
+        m = r.map(state)
+        self.start = r.float(m.get("start"), "start")
+        remap = self.series.restore(m.get("series"), r, now)
+        self.window.restore(m.get("window"), remap, r, "window")
+        self.latency.restore(m.get("latency"), remap, r, "latency")
+        self.queue_wait.restore(m.get("queue_wait"), remap, r, "queue_wait")
+        for name in _TABLES:
+            getattr(self, name).restore(m.get(name), r, now)
+        self.recent.restore_rows(r.list(m.get("recent"), "recent", self.recent.size), r)
+        self.dirty = True
 
 
-def _len(rows: Any, batch: Batch) -> int:
-    return batch.n if rows is None else len(rows)
+_TABLES: Final = ("statuses", "errors", "finish", "token_hist", "cache", "queues")
+
+
+def _label_column(batch: Batch, name: str) -> Any:
+    """A label as the recent ring keeps it: one string, or the batch's codes."""
+    cat = batch.label(name)
+    return cat.values[0] if len(cat.values) == 1 else cat
+

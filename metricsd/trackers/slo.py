@@ -33,15 +33,14 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from metricsd.batch import Batch
 from metricsd.config import Config, SloConfig
-from metricsd.export.prometheus import Family
-from metricsd.protocol import Batch
-from metricsd.series import SeriesRegistry
-from metricsd.trackers.base import group_rows, label_values
-from metricsd.trackers.errors import status_column
-from metricsd.window import CounterRing, Geometry
+from metricsd.outcomes import status_column
+from metricsd.series import SeriesTable
+from metricsd.trackers.base import Ctx
+from metricsd.window import CounterLog, Geometry
 
-__all__ = ["WINDOWS", "CountRing", "SloState", "SloStatus", "SloTracker"]
+__all__ = ["WINDOWS", "CountRing", "SloFrozen", "SloState", "SloStatus", "SloTracker"]
 
 log = logging.getLogger("metricsd.slo")
 
@@ -118,6 +117,29 @@ class CountRing:
         return int(closed[0] + current[0]), int(closed[1] + current[1])
 
 
+def _duration_name(seconds: float) -> str:
+    """Prometheus-style duration: 2592000 → ``30d``, 7200 → ``2h``, 90 → ``90s``."""
+    whole = round(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+@dataclass(frozen=True, slots=True)
+class SloFrozen:
+    """One SLO evaluated at a snapshot's time: everything its views show."""
+
+    config: SloConfig
+    name: str
+    allowed: float
+    status: SloStatus
+    ratios: dict[str, tuple[int, int]]  # window name → (outcomes, bad), the period included
+    period: str
+    period_burn: float
+    endpoint_rates: dict[str, float]
+
+
 @dataclass(frozen=True, slots=True)
 class SloStatus:
     """One SLO evaluated at one instant; every number a plain Python value."""
@@ -146,9 +168,11 @@ class SloState:
         self.fine = CountRing(FINE_SLOT, FINE_SLOTS)
         span = max(config.budget_window, WINDOWS["3d"])
         self.coarse = CountRing(COARSE_SLOT, math.ceil(span / COARSE_SLOT - 1e-9))
-        self.endpoints: SeriesRegistry[CounterRing] = SeriesRegistry(
-            f"slo:{config.name}", lambda _k: CounterRing(geometry, 2), MAX_ENDPOINTS, ttl
-        )
+        #: Per endpoint: (outcomes, bad) in windows, for ``endpoint_error_rates``.
+        self.endpoints = SeriesTable(f"slo:{config.name}", 1, MAX_ENDPOINTS, ttl,
+                                     hold=geometry.long_seconds)
+        self.endpoint_window = CounterLog(geometry, 2)
+        self._selected: dict[tuple[str, str], bool] = {}
         self._endpoint_set = frozenset(config.endpoints)
         self._model_set = frozenset(config.models)
         self._bad_statuses = np.array(sorted(set(config.bad_statuses)), dtype=np.int64)
@@ -157,9 +181,15 @@ class SloState:
         self._status: tuple[float, SloStatus] | None = None
 
     def selects(self, endpoint: str, model: str) -> bool:
-        return (not self._endpoint_set or endpoint in self._endpoint_set) and (
-            not self._model_set or model in self._model_set
-        )
+        key = (endpoint, model)
+        found = self._selected.get(key)
+        if found is None:
+            found = (not self._endpoint_set or endpoint in self._endpoint_set) and (
+                not self._model_set or model in self._model_set
+            )
+            if len(self._selected) < 100_000:
+                self._selected[key] = found
+        return found
 
     def bad_mask(self, status: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         bad = status >= self.config.bad_min_status
@@ -210,11 +240,27 @@ class SloState:
     def endpoint_error_rates(self, now: float) -> dict[str, float]:
         """endpoint → bad ÷ outcomes over the last hour, for endpoints with traffic."""
         out: dict[str, float] = {}
-        for (endpoint,), ring in sorted(self.endpoints.items()):
-            sums, _span = ring.window(now, ENDPOINT_WINDOW)
-            if sums[0] > 0:
-                out[endpoint] = float(sums[1] / sums[0])
+        sums, _span = self.endpoint_window.window(now, ENDPOINT_WINDOW, self.endpoints.capacity)
+        for (endpoint,), sid in self.endpoints.items():
+            if sums[sid, 0] > 0:
+                out[endpoint] = float(sums[sid, 1] / sums[sid, 0])
         return out
+
+    def frozen(self, now: float) -> SloFrozen:
+        """What the views read, evaluated at ``now``."""
+        windows = dict(WINDOWS)
+        period = _duration_name(self.config.budget_window)
+        windows.setdefault(period, self.config.budget_window)
+        return SloFrozen(
+            config=self.config,
+            name=self.name,
+            allowed=float(self.allowed),
+            status=self.evaluate(now),
+            ratios={w: self.window(now, sec) for w, sec in windows.items()},
+            period=period,
+            period_burn=self.burn(*self.window(now, self.config.budget_window)),
+            endpoint_rates=self.endpoint_error_rates(now),
+        )
 
 
 class SloTracker:
@@ -234,31 +280,32 @@ class SloTracker:
         #: ``slo_alert`` records, appended when an alert starts; the WebSocket hub drains them.
         self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
         self._wall_offset = wall_offset  # wall − now, learnt from the last batch
+        self.dirty = True
 
-    def apply(self, batch: Batch, now: float, wall: float) -> None:
+    def apply(self, batch: Batch, ctx: Ctx) -> None:
         if batch.n == 0:
             return
-        self._wall_offset = wall - now
+        now = ctx.now
+        self._wall_offset = ctx.wall - now
+        self.dirty = True
         status = status_column(batch)
-        groups = list(
-            group_rows(batch, [label_values(batch, "endpoint"), label_values(batch, "model")])
-        )
+        groups = batch.groups(("endpoint", "model"))
         for slo in self.slos:
-            bad_rows = slo.bad_mask(status)
-            total = bad = 0
-            for (endpoint, model), rows in groups:
-                if not slo.selects(endpoint, model):
-                    continue
-                count = batch.n if rows is None else len(rows)
-                n_bad = int(np.count_nonzero(bad_rows if rows is None else bad_rows[rows]))
-                total += count
-                bad += n_bad
-                slo.endpoints.get((endpoint,), now, count).add(now, (count, n_bad))
-            if total:
-                slo.add(now, total, bad)
+            chosen = [i for i, (e, m) in enumerate(groups.keys) if slo.selects(e, m)]
+            if not chosen:
+                continue
+            bad = groups.sums(slo.bad_mask(status))
+            index = np.asarray(chosen, dtype=np.intp)
+            totals, bads = groups.counts[index], bad[index]
+            slo.add(now, int(totals.sum()), int(bads.sum()))
+            keys = [(groups.keys[i][0],) for i in chosen]
+            ids = slo.endpoints.ids(keys, totals, now, ctx.version)
+            slo.endpoint_window.add(now, ids, np.column_stack([totals, bads]))
 
-    def expire(self, now: float) -> None:
+    def expire(self, ctx: Ctx) -> None:
         """Evaluate alerts (edge-triggered) and drop idle per-endpoint series."""
+        now = ctx.now
+        self.dirty = True  # burn rates move with time: frozen again every tick (it is cheap)
         for slo in self.slos:
             slo.endpoints.expire(now)
             status = slo.evaluate(now)
@@ -284,18 +331,6 @@ class SloTracker:
             ", ".join(f"{w}={r:.2f}" for w, r in status.burn_rates.items()),
         )
 
-    def live(self, now: float, models: frozenset[str]) -> dict[str, Any]:
-        """The WebSocket ``slo`` category (SPEC §5.2): ``{name: {burn_rates,
-        error_budget_percentage}}``. An SLO is not split by model, so a model filter keeps it."""
-        out: dict[str, Any] = {}
-        for slo in self.slos:
-            status = slo.evaluate(now)
-            out[slo.name] = {
-                "burn_rates": dict(status.burn_rates),
-                "error_budget_percentage": status.budget_percentage,
-            }
-        return out
-
     def series_count(self) -> int:
         return sum(len(s.endpoints) for s in self.slos)
 
@@ -304,22 +339,27 @@ class SloTracker:
 
     # --- state and reload -----------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """SPEC §7: each SLO's counts and alert state, keyed by name."""
+    def state(self, now: float) -> dict[str, Any]:
+        """SPEC §7: each SLO's counts and alert state, keyed by name (plain values)."""
         return {
             "start": self.start,
             "wall_offset": self._wall_offset,
-            "slos": {s.name: _slo_data(s) for s in self.slos},
+            "slos": {s.name: _slo_state(s, now) for s in self.slos},
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.start = state["start"]
-        self._wall_offset = state["wall_offset"]
-        saved = state["slos"]
+    def restore(self, state: Any, now: float) -> None:
+        from metricsd.persist import Reader
+
+        r = Reader("slo")
+        m = r.map(state)
+        self.start = r.float(m.get("start"), "start")
+        self._wall_offset = r.opt_float(m.get("wall_offset"), "wall_offset")
+        saved = r.map(m.get("slos"), "slos")
         for slo in self.slos:
             data = saved.get(slo.name)
             if data is not None:
-                _adopt(slo, data)
+                _load(slo, data, r, now)
+        self.dirty = True
 
     def reload(self, config: Config) -> None:
         """SIGHUP: the SLOs of the new config; one with the same name, objective and budget
@@ -335,10 +375,58 @@ class SloTracker:
             if data is not None:
                 _adopt(slo, data)
 
-    def families(self, now: float) -> list[Family]:
-        from metricsd.trackers.slo_export import slo_families
+    def freeze(self, now: float) -> Any:
+        from metricsd.trackers.slo_view import SloView
 
-        return slo_families(self, now)
+        return SloView(self.config, tuple(slo.frozen(now) for slo in self.slos))
+
+
+def _ring_state(ring: CountRing) -> dict[str, Any]:
+    return {"counts": ring.counts.copy(), "head": ring.head}
+
+
+def _ring_load(ring: CountRing, value: Any, r: Any, path: str) -> None:
+    m = r.map(value, path)
+    counts = r.array(m.get("counts"), f"{path}.counts", np.int64, (2,))
+    head = m.get("head")
+    ring.head = None if head is None else r.int(head, f"{path}.head")
+    if len(counts) != len(ring.counts):
+        raise r.fail(f"{len(counts)} slots, not {len(ring.counts)}", path)
+    ring.counts[:] = counts
+    ring._closed = {}
+    ring._closed_head = None
+
+
+def _slo_state(slo: SloState, now: float) -> dict[str, Any]:
+    table, rows = slo.endpoints.state()
+    return {
+        "objective": str(slo.objective),
+        "budget_window": slo.config.budget_window,
+        "fine": _ring_state(slo.fine),
+        "coarse": _ring_state(slo.coarse),
+        "endpoints": table,
+        "endpoint_window": slo.endpoint_window.state(now, rows),
+        "page": slo.page,
+        "ticket": slo.ticket,
+    }
+
+
+def _load(slo: SloState, data: Any, r: Any, now: float) -> None:
+    """Carry saved counts into an SLO if its definition is the same; else it starts empty."""
+    m = r.map(data, slo.name)
+    if (
+        m.get("objective") != str(slo.objective)
+        or r.float(m.get("budget_window"), "budget_window") != slo.config.budget_window
+    ):
+        log.info("SLO %s changed its objective or budget window: its counts start empty", slo.name)
+        return
+    _ring_load(slo.fine, m.get("fine"), r, f"{slo.name}.fine")
+    _ring_load(slo.coarse, m.get("coarse"), r, f"{slo.name}.coarse")
+    remap = slo.endpoints.restore(m.get("endpoints"), r, now)
+    slo.endpoint_window.restore(m.get("endpoint_window"), remap, r, f"{slo.name}.endpoints")
+    slo.page = r.bool(m.get("page"), "page")
+    slo.ticket = r.bool(m.get("ticket"), "ticket")
+    slo._status = None
 
 
 def _slo_data(slo: SloState) -> dict[str, Any]:
@@ -348,6 +436,7 @@ def _slo_data(slo: SloState) -> dict[str, Any]:
         "fine": slo.fine,
         "coarse": slo.coarse,
         "endpoints": slo.endpoints,
+        "endpoint_window": slo.endpoint_window,
         "page": slo.page,
         "ticket": slo.ticket,
     }
@@ -360,7 +449,8 @@ def _adopt(slo: SloState, data: dict[str, Any]) -> None:
         return
     slo.fine = data["fine"]
     slo.coarse = data["coarse"]
-    slo.endpoints.adopt(data["endpoints"])
+    slo.endpoints = data["endpoints"]
+    slo.endpoint_window = data["endpoint_window"]
     slo.page = data["page"]
     slo.ticket = data["ticket"]
     slo._status = None

@@ -1,7 +1,7 @@
 """Active streams as columns: one slot per stream in parallel numpy arrays (SPEC §4.2).
 
 A stream's state is a fixed set of numbers (start, first and last token times, token and byte
-counts, a running count/mean/M2 of its inter-token latencies, stalls, backpressure), so it is
+counts, exact sums of its inter-token latencies and their squares, stalls, backpressure), so it is
 O(1) in the number of tokens. Keeping it as columns rather than one object per stream lets a
 batch of token events from a thousand different streams be applied with a handful of numpy
 operations: sort the rows by slot, then difference and sum within each group. Nothing here
@@ -29,7 +29,10 @@ Labels = tuple[str, str, str | None, str | None, str | None, str | None]
 """model, endpoint, provider, key_id, user_id, request_id of a stream (from its start)."""
 
 _MAX_MS = 1e15  # ~31 700 years: any larger interval is a broken clock, kept finite
-_FLOAT_FIELDS = ("start", "first", "last", "itl_mean", "itl_m2", "seen")
+#: ``itl_sum`` and ``itl_sq``: sums of the stream's inter-token gaps in whole µs and of their
+#: squares (integers in float64, exact below 2**53), so a stream's mean and jitter do not
+#: depend on how its tokens were split into batches.
+_FLOAT_FIELDS = ("start", "first", "last", "itl_sum", "itl_sq", "seen")
 _INT_FIELDS = ("tokens", "nbytes", "itl_n", "stalls", "backpressure", "prompt", "order", "model")
 
 
@@ -107,8 +110,8 @@ class StreamTable:
     start: F64
     first: F64
     last: F64
-    itl_mean: F64
-    itl_m2: F64
+    itl_sum: F64
+    itl_sq: F64
     seen: F64
     tokens: I64
     nbytes: I64
@@ -171,7 +174,7 @@ class StreamTable:
         self.start[slots] = start
         self.first[slots] = math.nan
         self.last[slots] = math.nan
-        for name in ("itl_mean", "itl_m2"):
+        for name in ("itl_sum", "itl_sq"):
             getattr(self, name)[slots] = 0.0
         for name in ("tokens", "nbytes", "itl_n", "stalls", "backpressure"):
             getattr(self, name)[slots] = 0
@@ -201,8 +204,58 @@ class StreamTable:
             self.labels[slot] = None
             self.free.append(slot)
 
-    def lookup(self, ids: list[str] | str | None, n: int) -> I64:
-        """Slot per row, −1 for an unknown stream id (a dict lookup per row, in C)."""
+    def state(self) -> dict[str, Any]:
+        """Active streams as columns (plain values), models by name."""
+        slots = np.flatnonzero(self.active)
+        out: dict[str, Any] = {
+            "ids": [self.slot_id[s] for s in slots.tolist()],
+            "labels": [list(self.labels[s] or ()) for s in slots.tolist()],
+            "models": [self.models.values[c] for c in self.model[slots].tolist()],
+            "order_seq": self.order_seq,
+        }
+        for name in _FLOAT_FIELDS:
+            out[name] = getattr(self, name)[slots]
+        for name in _INT_FIELDS:
+            if name != "model":
+                out[name] = getattr(self, name)[slots]
+        return out
+
+    def restore(self, value: Any, r: Any) -> None:
+        m = r.map(value, "table")
+        ids = [r.str(v, "table.ids") for v in r.list(m.get("ids"), "table.ids")]
+        labels = r.list(m.get("labels"), "table.labels")
+        models = [r.str(v, "table.models") for v in r.list(m.get("models"), "table.models")]
+        k = len(ids)
+        if len(labels) != k or len(models) != k or len(set(ids)) != k:
+            raise r.fail("columns differ in length, or a stream id repeats", "table")
+        columns = {}
+        for name in _FLOAT_FIELDS:
+            columns[name] = r.array(m.get(name), f"table.{name}", np.float64)
+        for name in _INT_FIELDS:
+            if name != "model":
+                columns[name] = r.array(m.get(name), f"table.{name}", np.int64)
+        if any(len(c) != k for c in columns.values()):
+            raise r.fail("columns differ in length", "table")
+        keep = min(k, self.max_streams)
+        self.room(keep)
+        for i in range(keep):
+            lab = r.list(labels[i], "table.labels", 6)
+            if len(lab) != 6:
+                raise r.fail("a stream's labels are not six", "table")
+            slot = self.open(ids[i], tuple(None if v is None else r.str(v, "labels")
+                                           for v in lab))  # type: ignore[arg-type]
+            self.active[slot] = True
+            self.model[slot] = self.models.code(models[i])
+            for name, column in columns.items():
+                getattr(self, name)[slot] = column[i]
+        self.order_seq = r.int(m.get("order_seq"), "table.order_seq", 0)
+
+    def lookup(self, ids: Any, n: int) -> I64:
+        """Slot per row, −1 for an unknown stream id (a dict lookup per distinct id)."""
+        if hasattr(ids, "codes"):  # a Cat: one lookup per distinct id
+            get = self.ids.get
+            slots = np.array([get(v, -1) for v in ids.values], dtype=np.int64)
+            return slots[ids.codes]
         if not isinstance(ids, list):
             slot = self.ids.get(ids, -1) if isinstance(ids, str) else -1
             return np.full(n, slot, dtype=np.int64)
@@ -232,14 +285,22 @@ class StreamTable:
         start = self.start[slots]
         tokens = self.tokens[slots].astype(np.float64)
         count = self.itl_n[slots]
-        mean = self.itl_mean[slots]
+        total = self.itl_sum[slots]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count >= 1, total / np.maximum(count, 1) / 1000.0, 0.0)
         duration = np.maximum(ms(end_ts - start), 0.0)
         span = ms(self.last[slots] - self.first[slots])
         with np.errstate(invalid="ignore", divide="ignore"):
             decode = np.where((tokens >= 2) & (span > 0), (tokens - 1) / (span / 1000.0), np.nan)
             e2e = np.where((tokens >= 1) & (duration > 0), tokens / (duration / 1000.0), np.nan)
             jitter = np.where(
-                count >= 2, np.sqrt(np.maximum(self.itl_m2[slots], 0.0) / (count - 1)), np.nan
+                count >= 2,
+                np.sqrt(
+                    np.maximum(self.itl_sq[slots] - total * total / np.maximum(count, 1), 0.0)
+                    / np.maximum(count - 1, 1)
+                )
+                / 1000.0,
+                np.nan,
             )
             score = np.where(mean > 0, np.clip(100.0 * (1.0 - jitter / mean), 0.0, 100.0), 100.0)
         return {
@@ -293,7 +354,7 @@ class StreamTable:
         has_gap = ~np.isnan(prev)
         # NaN (no gap) flows through: comparisons with NaN are false, Welford masks it.
         itl = np.round(np.maximum(ms(t - prev), 0.0) / k, 3)
-        self._welford(g, heads, itl, has_gap)
+        self._itl_sums(g, heads, itl, has_gap)
         stall = itl > self.stall_ms
         if stall.any():
             self.stalls[g] += _group_sums(stall.astype(np.int64), heads)
@@ -309,26 +370,14 @@ class StreamTable:
         update.ttft_ms = np.maximum(ms(self.first[first_slots] - self.start[first_slots]), 0.0)
         return update
 
-    def _welford(self, g: I64, heads: I64, itl: F64, has_gap: npt.NDArray[np.bool_]) -> None:
-        """Fold this batch's ITLs into each stream's running count/mean/M2 (Chan et al.)."""
+    def _itl_sums(self, g: I64, heads: I64, itl: F64, has_gap: npt.NDArray[np.bool_]) -> None:
+        """Add this batch's gaps (whole µs) and their squares to each stream's sums."""
         if not has_gap.any():
             return
-        values = np.where(has_gap, itl, 0.0)
-        count_b = _group_sums(has_gap.astype(np.int64), heads)
-        if heads.size == itl.size:  # one event per stream (the usual case): no within-group M2
-            mean_b, m2_b = values, np.zeros(itl.size)
-        else:
-            mean_b = _group_sums(values, heads) / np.maximum(count_b, 1)
-            sizes = np.diff(np.append(heads, itl.size))
-            dev = np.where(has_gap, itl - np.repeat(mean_b, sizes), 0.0)
-            m2_b = _group_sums(dev * dev, heads)
-        count_a = self.itl_n[g]
-        total = count_a + count_b
-        safe = np.maximum(total, 1)
-        delta = mean_b - self.itl_mean[g]
-        self.itl_mean[g] += delta * count_b / safe
-        self.itl_m2[g] += m2_b + delta * delta * count_a * count_b / safe
-        self.itl_n[g] = total
+        us = np.where(has_gap, np.rint(itl * 1000.0), 0.0)
+        self.itl_n[g] += _group_sums(has_gap.astype(np.int64), heads)
+        self.itl_sum[g] += _group_sums(us, heads)
+        self.itl_sq[g] += _group_sums(us * us, heads)
 
 
 _NO_INT: I64 = np.zeros(0, dtype=np.int64)

@@ -15,20 +15,21 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
 from metricsd.config import HttpConfig
+from metricsd.export.prometheus import Family
+from metricsd.export.selfmetrics import ws_families
 from metricsd.jsonutil import dumps
-from metricsd.web.live import Base, LiveSource, build_base, render, totals
+from metricsd.snapshot import Snapshot
+from metricsd.web.live import Base, build_base, render, totals
 from metricsd.web.stream import FilterKey, Limits, PolicyViolation, Session
 
-if TYPE_CHECKING:
-    from metricsd.engine import Engine
-    from metricsd.trackers.requests import RequestTracker
+Runner = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 __all__ = ["Hub"]
 
@@ -36,6 +37,7 @@ log = logging.getLogger("metricsd.stream")
 
 ALL: FilterKey = (frozenset(), frozenset(), frozenset({"all"}))
 _CONTROL_LIMIT = 256  # queued control replies/alerts per client before it is closed
+_CONTROL_BYTES = 1 << 20  # ... or this many bytes of them (SPEC §8: bounded in bytes)
 _HISTORY_SECONDS = 60
 #: How long a close may wait to hand its close frame to a peer; then the connection is dropped.
 _CLOSE_TIMEOUT = 2.0
@@ -82,6 +84,7 @@ class Client:
         self.session = session
         self.transport = transport
         self.control: deque[str] = deque()
+        self.control_bytes = 0
         self.update: str | None = None
         self.wake = asyncio.Event()
         self.dropped = 0
@@ -90,9 +93,11 @@ class Client:
         self.task: asyncio.Task[None] | None = None
 
     def send_control(self, message: dict[str, Any]) -> bool:
-        if len(self.control) >= _CONTROL_LIMIT:
+        text = dumps(message)
+        if len(self.control) >= _CONTROL_LIMIT or self.control_bytes + len(text) > _CONTROL_BYTES:
             return False
-        self.control.append(dumps(message))
+        self.control.append(text)
+        self.control_bytes += len(text)
         self.wake.set()
         return True
 
@@ -113,7 +118,9 @@ class Client:
             await self.wake.wait()
             self.wake.clear()
             while self.control and not ws.closed:
-                await ws.send_str(self.control.popleft())
+                text = self.control.popleft()
+                self.control_bytes -= len(text)
+                await ws.send_str(text)
             if self.update is not None and not ws.closed:
                 text, self.update = self.update, None
                 await ws.send_str(text)
@@ -122,23 +129,24 @@ class Client:
 
 
 class Hub:
-    """Owns the connected clients; ``tick`` is called by the daemon after each snapshot."""
+    """Owns the connected clients; ``publish`` is called with each new snapshot.
+
+    The per-tick work (reading the snapshot into a :class:`Base`, rendering each distinct
+    filter set) runs on a worker thread through ``run``; the event loop only hands the
+    rendered text to each client's outbox.
+    """
 
     def __init__(
         self,
-        engine: Engine,
-        requests: RequestTracker,
-        sources: list[LiveSource],
         config: HttpConfig,
-        alert_sources: list[Any] | None = None,
+        run: Runner,
+        latest: Callable[[], Snapshot | None],
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.engine = engine
-        self.requests = requests
-        self.sources = sources
         self.config = config
-        self.alert_sources = alert_sources or []
+        self.run = run
+        self.latest = latest
         self.clock = clock
         self.wall = wall
         self.clients: set[Client] = set()
@@ -146,37 +154,54 @@ class Hub:
         self.history: deque[dict[str, float]] = deque(maxlen=_HISTORY_SECONDS)
         self._last_history = -1.0
         self.base: Base | None = None
+        self.snapshot: Snapshot | None = None
         self.dropped_updates = 0
         self.slack = 0.0  # half the engine tick, set by the daemon
         self.renders = 0  # distinct filter sets rendered (lifetime), for tests and benchmarks
+        self.broadcast_seconds = 0.0
+        self.render_seconds = 0.0
+        self._busy = False
         self._closing: set[asyncio.Task[None]] = set()  # closes under way (see _close)
+
+    def families(self) -> list[Family]:
+        return ws_families(
+            len(self.clients), self.dropped_updates, self.broadcast_seconds, self.render_seconds
+        )
 
     # --- the tick -------------------------------------------------------------------------
 
-    def tick(self, now: float, wall: float) -> None:
-        started = time.perf_counter()
-        self._broadcast(now, wall)
-        self.engine.ws_broadcast_seconds = time.perf_counter() - started
+    def publish(self, snap: Snapshot) -> None:
+        """A new snapshot: alerts go out at once; updates are rendered on a worker."""
+        self.snapshot = snap
+        for alert in snap.alerts:
+            self._alert(alert)
+        if self._busy:
+            return  # the previous broadcast is still rendering: this tick is skipped
+        self._busy = True
+        task = asyncio.get_running_loop().create_task(self._broadcast(snap))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
-    def _broadcast(self, now: float, wall: float) -> None:
-        self._alerts(wall)
-        self.base = build_base(self.requests, self.sources, now, wall) if self.clients else None
-        if now - self._last_history >= 1.0:
-            self._last_history = now
-            base = self.base or build_base(self.requests, self.sources, now, wall)
-            t = render(base, (frozenset(), frozenset(), frozenset({"throughput"})))["throughput"]
-            self.history.append(
-                {
-                    "timestamp": wall,
-                    "total_requests_per_sec": t["total_requests_per_sec"],
-                    "total_tokens_per_sec": t["total_tokens_per_sec"],
-                }
-            )
-        if self.base is None:
-            return
-        rendered: dict[FilterKey, tuple[dict[str, Any], str]] = {}
+    def _alert(self, alert: dict[str, Any]) -> None:
         for client in list(self.clients):
-            session = client.session
+            if not client.send_control(alert):
+                self._close(client, 1008, "too slow to keep up")
+
+    async def _broadcast(self, snap: Snapshot) -> None:
+        started = time.perf_counter()
+        try:
+            await self._send_updates(snap)
+        except Exception:
+            log.exception("error broadcasting the live stream")
+        finally:
+            self._busy = False
+            self.broadcast_seconds = time.perf_counter() - started
+
+    async def _send_updates(self, snap: Snapshot) -> None:
+        now, wall = snap.now, snap.wall
+        history_due = now - self._last_history >= 1.0
+        due: list[Client] = []
+        for client in list(self.clients):
             if client.closing:
                 continue
             if (
@@ -185,17 +210,46 @@ class Hub:
             ):
                 self._close(client, 1008, "too slow to keep up")
                 continue
-            if not session.due(now, self.slack):
-                continue
-            key = session.key()
-            if key not in rendered:
+            if client.session.due(now, self.slack):
+                due.append(client)
+        if not due and not history_due and not self.clients:
+            self.base = None
+            return
+        keys = list(dict.fromkeys(c.session.key() for c in due))
+
+        def work() -> tuple[Base, dict[FilterKey, tuple[dict[str, Any], str]], float]:
+            base = build_base(snap)
+            rendered: dict[FilterKey, tuple[dict[str, Any], str]] = {}
+            last = 0.0
+            for key in keys:
                 t0 = time.perf_counter()
-                data = render(self.base, key)
+                data = render(base, key)
                 rendered[key] = (data, dumps(data))
-                self.renders += 1
-                self.engine.ws_render_seconds = time.perf_counter() - t0
+                last = time.perf_counter() - t0
+            return base, rendered, last
+
+        base, rendered, last = await self.run(work)
+        self.base = base
+        self.renders += len(rendered)
+        if rendered:
+            self.render_seconds = last
+        if history_due:
+            self._last_history = now
+            t = render(base, (frozenset(), frozenset(), frozenset({"throughput"})))["throughput"]
+            self.history.append(
+                {
+                    "timestamp": wall,
+                    "total_requests_per_sec": t["total_requests_per_sec"],
+                    "total_tokens_per_sec": t["total_tokens_per_sec"],
+                }
+            )
+        for client in due:
+            if client.closing:
+                continue
+            session = client.session
+            key = session.key()
             data, data_json = rendered[key]
-            deltas = session.deltas(totals(data, self.base, key))
+            deltas = session.deltas(totals(data, base, key))
             session.last_update = now
             text = (
                 f'{{"type":"metrics_update","timestamp":{dumps(wall)},'
@@ -203,17 +257,6 @@ class Hub:
             )
             if not client.offer(text, now):
                 self.dropped_updates += 1
-        self.engine.ws_dropped_updates = self.dropped_updates
-
-    def _alerts(self, wall: float) -> None:
-        """Push ``budget_alert`` / ``slo_alert`` records the trackers queued, to every client."""
-        for source in self.alert_sources:
-            outbox = getattr(source, "alerts", None)
-            while outbox:
-                alert = outbox.popleft()
-                for client in list(self.clients):
-                    if not client.send_control(alert):
-                        self._close(client, 1008, "too slow to keep up")
 
     # --- connections ----------------------------------------------------------------------
 
@@ -242,10 +285,9 @@ class Hub:
         now = self.clock()
         client = Client(ws, Session(connected_at=now, limits=self.limits), request.transport)
         self.clients.add(client)
-        self.engine.ws_clients = len(self.clients)
         writer = client.task = asyncio.create_task(client.writer())
         try:
-            client.send_control(self._historical(now))
+            client.send_control(await self._historical())
             async for msg in ws:
                 now = self.clock()
                 if msg.type == WSMsgType.TEXT:
@@ -266,7 +308,6 @@ class Hub:
             pass
         finally:
             self.clients.discard(client)
-            self.engine.ws_clients = len(self.clients)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
@@ -274,13 +315,17 @@ class Hub:
                 await close_or_abort(ws, client.transport, 1000, b"")
         return ws
 
-    def _historical(self, now: float) -> dict[str, Any]:
+    async def _historical(self) -> dict[str, Any]:
         wall = self.wall()
-        base = self.base or build_base(self.requests, self.sources, now, wall)
+        base = self.base
+        snap = self.latest()
+        if base is None and snap is not None:
+            base = await self.run(lambda: build_base(snap))
+        data = render(base, ALL) if base is not None else {}
         return {
             "type": "historical_data",
             "timestamp": wall,
-            "data": render(base, ALL),
+            "data": data,
             "history": list(self.history),
         }
 
@@ -291,7 +336,6 @@ class Hub:
         log.info("closing a WebSocket client (%d): %s", code, reason)
         # It is no longer served: stop counting it now, not when the close handshake ends.
         self.clients.discard(client)
-        self.engine.ws_clients = len(self.clients)
         if client.task is not None:
             client.task.cancel()  # a writer blocked on a full socket would delay the close
         task = asyncio.get_running_loop().create_task(

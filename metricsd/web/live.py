@@ -1,6 +1,6 @@
 """Snapshot data for the live stream (SPEC §5.2), built once per tick, rendered per filter set.
 
-:func:`build_base` reads the trackers once per tick into plain per-(endpoint, model) pieces;
+:func:`build_base` reads a snapshot once per tick into plain per-(endpoint, model) pieces;
 :func:`render` narrows them to one filter set (endpoints, models, metric types) and recomputes
 every per-endpoint map and total over what the filter admits, so a filtered latency block keeps
 its numbers and totals agree with the maps shown (both FakeAI bugs). Pure: no I/O, no clock.
@@ -11,33 +11,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from metricsd.trackers.base import rate
-from metricsd.trackers.requests_export import merge_views
+from metricsd.snapshot import Snapshot
 from metricsd.web.stream import CATEGORIES, FilterKey
-from metricsd.window import HistView
+from metricsd.window import GroupHist, rate
 
-if TYPE_CHECKING:
-    from metricsd.trackers.requests import RequestTracker
-
-__all__ = ["Base", "LiveSource", "build_base", "render", "totals"]
+__all__ = ["Base", "build_base", "render", "totals"]
 
 #: Live rates are over the last minute (a dashboard should move); latency percentiles use the
-#: 5-minute window, which the histograms keep dense.
+#: 5-minute window.
 RATE_WINDOW = 60.0
 LATENCY_WINDOW = 300.0
 QS = (0.5, 0.9, 0.95, 0.99)
-
-
-class LiveSource(Protocol):
-    """A tracker that contributes one category of the live snapshot (streaming, cost, slo)."""
-
-    live_category: str
-
-    def live(self, now: float, models: frozenset[str]) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -45,7 +33,7 @@ class _Piece:
     counts: np.ndarray[Any, Any]  # requests, errors, input, output, … over RATE_WINDOW
     span: float
     age: float
-    latency: HistView
+    group: int  # its (endpoint, model) group in Base.latency
 
 
 @dataclass(slots=True)
@@ -55,60 +43,83 @@ class Base:
     timestamp: float
     now: float
     pieces: dict[tuple[str, str], _Piece] = field(default_factory=dict)
-    cache: dict[tuple[str, str], tuple[int, int, int, int, int]] = field(default_factory=dict)
+    latency: GroupHist | None = None
+    cache: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     queues: dict[str, float] = field(default_factory=dict)
     sources: dict[str, Callable[[frozenset[str]], dict[str, Any]]] = field(default_factory=dict)
 
 
-def build_base(
-    requests: RequestTracker, sources: list[LiveSource], now: float, wall: float
-) -> Base:
-    base = Base(timestamp=wall, now=now)
-    for (_provider, endpoint, model), s in requests.series.items():
-        counts, span = s.window.window(now, RATE_WINDOW)
-        latency = s.latency.window(now, LATENCY_WINDOW)
-        key = (endpoint, model)
-        piece = base.pieces.get(key)
-        if piece is None:
-            base.pieces[key] = _Piece(counts, span, now - s.first_seen, latency)
-        else:  # the same endpoint and model from two providers
-            merged = merge_views([piece.latency, latency]) or latency
-            base.pieces[key] = _Piece(
-                piece.counts + counts,
-                max(piece.span, span),
-                max(piece.age, now - s.first_seen),
-                merged,
-            )
-    for cache_key, c in requests.cache.items():
-        base.cache[(cache_key[0], cache_key[1])] = (
-            c.hits,
-            c.misses,
-            c.total,
-            c.matched,
-            c.matched_on_hits,
-        )
-    for (name,), q in requests.queues.items():
-        base.queues[name] = q[0]
-    for source in sources:
-        base.sources[source.live_category] = _bind(source, now)
+def build_base(snap: Snapshot) -> Base:
+    now = snap.now
+    base = Base(timestamp=snap.wall, now=now)
+    requests = snap.part("requests")
+    if requests is not None:
+        for key, (counts, span, age, group) in requests.live_pieces(
+            now, RATE_WINDOW, LATENCY_WINDOW
+        ).items():
+            base.pieces[key] = _Piece(counts, span, age, group)
+        base.latency, _keys = requests.live_latency(now, LATENCY_WINDOW)
+        base.cache = requests.cache_stats()
+        base.queues = requests.queue_depths()
+    for category in ("streaming", "cost", "slo"):
+        part = snap.part(category)
+        if part is not None:
+            base.sources[category] = _bind(part, category, now)
     return base
 
 
-def _bind(source: LiveSource, now: float) -> Callable[[frozenset[str]], dict[str, Any]]:
+def _bind(part: Any, category: str, now: float) -> Callable[[frozenset[str]], dict[str, Any]]:
+    cache: dict[frozenset[str], dict[str, Any]] = {}
+
     def read(models: frozenset[str]) -> dict[str, Any]:
-        return source.live(now, models)
+        found = cache.get(models)
+        if found is None:
+            found = cache[models] = (
+                part.live(models) if category == "slo" else part.live(now, models)
+            )
+        return found
 
     return read
+
+
+def _merged(base: Base, pieces: list[_Piece]) -> dict[str, float]:
+    """The latency block of several (endpoint, model) pieces, merged exactly."""
+    gh = base.latency
+    if gh is None or not pieces:
+        return _block(None)
+    groups = np.full(gh.size, -1, dtype=np.intp)
+    for p in pieces:
+        groups[p.group] = 0
+    return _block(_regroup(gh, groups))
+
+
+def _regroup(gh: GroupHist, groups: np.ndarray[Any, Any]) -> GroupHist:
+    """Fold the groups of a reduced histogram into one (groups[g] = 0 to keep g)."""
+    keep_groups = np.flatnonzero(groups >= 0)
+    count = np.array([int(gh.count[keep_groups].sum())], dtype=np.int64)
+    total = np.array([sum(int(v) for v in gh.total[keep_groups])], dtype=object)
+    lo = np.array([gh.lo[keep_groups].min(initial=np.inf)])
+    hi = np.array([gh.hi[keep_groups].max(initial=-np.inf)])
+    key_groups = (gh.keys >> np.uint64(32)).astype(np.intp)
+    mask = groups[key_groups] >= 0 if key_groups.size else np.zeros(0, dtype=bool)
+    buckets = gh.keys[mask] & np.uint64(0xFFFFFFFF)
+    counts = gh.counts[mask]
+    if buckets.size:
+        uniq, inverse = np.unique(buckets, return_inverse=True)
+        summed = np.zeros(len(uniq), dtype=np.uint64)
+        np.add.at(summed, inverse.reshape(-1), counts)
+        buckets, counts = uniq, summed
+    return GroupHist(gh.layout, 1, count, total, lo, hi, buckets, counts, gh.span)
 
 
 def _admits(key: tuple[str, str], endpoints: frozenset[str], models: frozenset[str]) -> bool:
     return (not endpoints or key[0] in endpoints) and (not models or key[1] in models)
 
 
-def _block(view: HistView | None) -> dict[str, float]:
-    if view is None:
+def _block(view: GroupHist | None) -> dict[str, float]:
+    if view is None or not int(view.count[0]):
         return {"avg": 0.0, "min": 0.0, "max": 0.0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "p99": 0.0}
-    b = view.block(QS)
+    b = view.blocks(QS)[0]
     return {k: float(b[k]) for k in ("avg", "min", "max", "p50", "p90", "p95", "p99")}
 
 
@@ -146,8 +157,7 @@ def render(base: Base, key: FilterKey) -> dict[str, Any]:
         }
     if "latency" in wanted:
         data["latency"] = {
-            endpoint: _block(merge_views([p.latency for p in pieces]))
-            for endpoint, pieces in sorted(per_endpoint.items())
+            endpoint: _merged(base, pieces) for endpoint, pieces in sorted(per_endpoint.items())
         }
     if "cache" in wanted:
         data["cache"] = _cache(base, endpoints, models)
@@ -186,7 +196,7 @@ def render(base: Base, key: FilterKey) -> dict[str, Any]:
 def _cache(base: Base, endpoints: frozenset[str], models: frozenset[str]) -> dict[str, Any]:
     hits = misses = total = matched = on_hits = 0
     by_endpoint: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for key, (h, m, t, mt, oh) in base.cache.items():
+    for key, (h, m, t, mt, oh) in base.cache.items():  # type: ignore[misc]
         if not _admits(key, endpoints, models):
             continue
         hits, misses, total, matched, on_hits = (

@@ -39,6 +39,8 @@ class Limits:
     max_interval: float = 60.0
     max_endpoints: int = 64
     max_models: int = 64
+    #: A filter value longer than any label can be (the protocol's string limit) is refused.
+    max_value_length: int = 256
     max_message_bytes: int = 16 * 1024
     #: Inbound messages: a bucket of ``burst`` refilled at ``rate`` per second; beyond it the
     #: client is closed with 1008.
@@ -142,6 +144,8 @@ class Session:
         for name, value in (("endpoint", endpoint), ("model", model)):
             if value is not None and not isinstance(value, str):
                 problems.append(f"{name} must be a string")
+            elif isinstance(value, str) and len(value) > self.limits.max_value_length:
+                problems.append(f"{name} is longer than {self.limits.max_value_length} characters")
         if metric_type is not None and (
             not isinstance(metric_type, str) or metric_type not in METRIC_TYPES
         ):

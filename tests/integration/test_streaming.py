@@ -15,7 +15,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from tests.conftest import Daemon
 
-T0 = 1_700_000_000.0
+#: Emitter timestamps: a whole second of today (a ``ts`` more than a day from the daemon's
+#: clock is refused, SPEC §8), so the intervals below are exact.
+T0 = float(int(time.time()))
 CHAT = "/v1/chat/completions"
 
 

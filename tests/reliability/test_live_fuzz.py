@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from fuzz.make_corpus import event
+from fuzz.make_corpus import event as corpus_event
 from metricsd.protocol import REASONS, Limits, decode
 from metricsd.schema import EVENT_TYPES
 from tests.conftest import Daemon
@@ -40,6 +40,12 @@ from tests.reliability.reliability_support import (
 )
 
 MiB = 1 << 20
+
+
+def event(type_name: str, **extra: Any) -> dict[str, Any]:
+    """A valid event of the corpus, stamped now: the daemon refuses a ``ts`` more than a day
+    from its clock (SPEC §8), and these must be valid but for the field each case breaks."""
+    return {**corpus_event(type_name), "ts": time.time(), **extra}
 #: Repetitions of both sets for the memory check, and the growth allowed across them.
 ROUNDS = 4
 RSS_GROWTH_LIMIT = 24 * MiB

@@ -12,9 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from metricsd.config import Config, load_config
 from metricsd.engine import Engine
+from metricsd.export.prometheus import render_both
 from metricsd.protocol import Batch, decode, hash_key
+from metricsd.snapshot import Snapshot
+from metricsd.trackers.base import Ctx
 from metricsd.trackers.cost import CostTracker
-from metricsd.trackers.cost_export import key_view, stream_view, suggestions_view, summary_view
 
 WALL = 1_774_994_400.0  # 2026-03-31 22:00:00 UTC
 HOUR, DAY = 3600.0, 86400.0
@@ -31,16 +33,19 @@ class Harness:
         packed = msgpack.packb(frame)
         self.engine.apply(decode(packed, WALL + now, self.engine.limits), now, WALL + now)
 
+    def snap(self, now: float = 2.0) -> Snapshot:
+        return self.engine.snapshot(now, WALL + now)
+
     def summary(self, now: float = 2.0) -> dict[str, Any]:
-        return summary_view(self.tracker, now, WALL + now)
+        return self.snap(now).view("costs")
 
     def key(self, raw: str, now: float = 2.0) -> dict[str, Any]:
-        view = key_view(self.tracker, hash_key(raw), now, WALL + now)
+        view = self.snap(now).parts["cost"].key(hash_key(raw), now, WALL + now)
         assert view is not None
         return view
 
     def samples(self, now: float = 2.0) -> Samples:
-        text = self.engine.snapshot(now, WALL + now).text.decode()
+        text = render_both(self.snap(now).families())[0].decode()
         return {
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in parse_text(text)
@@ -274,7 +279,7 @@ def test_windows_and_projection() -> None:
     # Observed 8 d: the last 7 d window (current hour + 167 before it) is the basis.
     assert s["projection_basis_seconds"] == 167 * HOUR
     assert s["projected_monthly_cost_usd"] == round(0.06 * 30 * DAY / (167 * HOUR), 9)
-    assert stream_view(h.tracker, 2 * DAY + 10)["total_usd"] == 0.09
+    assert h.snap(8 * DAY).parts["cost"].live(2 * DAY + 10, frozenset())["total_usd"] == 0.09
 
 
 def test_derived_request_batches_from_streams_are_priced() -> None:
@@ -289,7 +294,7 @@ def test_derived_request_batches_from_streams_are_priced() -> None:
         output_tokens=np.array([50, 50], dtype=np.int64),
         streaming=True,
     )
-    h.tracker.apply(batch, 1.0, WALL + 1)
+    h.tracker.apply(batch, Ctx(1.0, WALL + 1, 1))
     assert h.summary()["by_key"] == {"k_0123456789ab": 0.0025}
 
 
@@ -311,10 +316,10 @@ def test_suggestions_per_key_on_a_timer_deduplicated() -> None:
     # FakeAI's bug: 99 records for x then 1 for y gave no suggestion for either.
     h.send([req("gpt-4", 1000, 500, api_key="x")] * 99, now=10.0)
     h.send(req("gpt-4", 1000, 500, api_key="y"), now=11.0)
-    h.engine.snapshot(30.0, WALL + 30)  # before the interval: nothing evaluated yet
-    assert suggestions_view(h.tracker, None) == []
-    h.engine.snapshot(61.0, WALL + 61)
-    found = suggestions_view(h.tracker, hash_key("x"))
+    snap = h.snap(30.0)  # before the interval: nothing evaluated yet
+    assert snap.parts["cost"].suggestions_view(None) == []
+    snap = h.snap(61.0)
+    found = snap.parts["cost"].suggestions_view(hash_key("x"))
     assert [s["suggestion_type"] for s in found] == ["cheaper_model", "batch_api"]
     cheaper = found[0]
     # 99 × ($0.06 at gpt-4 − $0.0125 at gpt-4o) over an hour's basis, × 30 d.
@@ -322,10 +327,10 @@ def test_suggestions_per_key_on_a_timer_deduplicated() -> None:
     assert cheaper["details"]["suggested_model"] == "gpt-4o"
     assert cheaper["details"]["models"][0]["requests"] == 99
     assert found[1]["potential_savings_usd"] == pytest.approx(99 * 0.06 * 0.5 * 720)
-    assert suggestions_view(h.tracker, hash_key("y")) == []  # 1 request < min_requests
+    assert snap.parts["cost"].suggestions_view(hash_key("y")) == []  # 1 request < min_requests
     h.send([req("gpt-4", 1000, 500, api_key="x")] * 10, now=100.0)
-    h.engine.snapshot(125.0, WALL + 125)
-    found = suggestions_view(h.tracker, hash_key("x"))
+    snap = h.snap(125.0)
+    found = snap.parts["cost"].suggestions_view(hash_key("x"))
     assert len(found) == 2  # replaced, not duplicated
     assert found[0]["details"]["models"][0]["requests"] == 109
 
@@ -333,8 +338,8 @@ def test_suggestions_per_key_on_a_timer_deduplicated() -> None:
 def test_prompt_caching_suggestion() -> None:
     h = Harness(suggestion_interval=1.0)
     h.send([req("gpt-4o", 2000, 10, api_key="x", streaming=True)] * 20)
-    h.engine.snapshot(5.0, WALL + 5)
-    by_type = {s["suggestion_type"]: s for s in suggestions_view(h.tracker, hash_key("x"))}
+    snap = h.snap(5.0)
+    by_type = {s["suggestion_type"]: s for s in snap.parts["cost"].suggestions_view(hash_key("x"))}
     assert set(by_type) == {"prompt_caching", "cheaper_model"}  # streamed: no batch_api
     found = by_type["prompt_caching"]
     # Half of 40 000 uncached prompt tokens at ($5 − $2.5) / 1M, an hour's basis, × 30 d.

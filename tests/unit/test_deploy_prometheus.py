@@ -16,6 +16,7 @@ import yaml
 
 from metricsd.config import SloConfig, load_config
 from metricsd.engine import Engine
+from metricsd.export.prometheus import render_text
 from metricsd.protocol import decode
 from metricsd.trackers.errors import ErrorTracker
 from metricsd.trackers.requests import RequestTracker
@@ -149,7 +150,7 @@ def test_promtool_checks_the_exposition() -> None:
         "cols": {"duration_ms": [12.0] * 9 + [30.0], "status": [200] * 9 + [503]},
     }
     engine.apply(decode(msgpack.packb(frame), 1e9, engine.limits), 1.0, 1e9)
-    text = engine.snapshot(2.0, 1e9 + 2).text
+    text = render_text(engine.snapshot(2.0, 1e9 + 2).families())
     result = _promtool("check", "metrics", stdin=text)
     # Exit 3 is "lint problems", 1 a parse error. The only lint allowed: Sloth's recording-rule
     # names (`slo:*`), which contain colons by design.

@@ -13,9 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from metricsd.config import Config, load_config
 from metricsd.engine import Engine
+from metricsd.export.prometheus import render_both
 from metricsd.protocol import Batch, decode
-from metricsd.trackers.errors import ErrorTracker
-from metricsd.trackers.errors_export import errors_view, patterns_view
+from metricsd.trackers.base import Ctx
+from metricsd.trackers.errors import DEFAULT_MIN_COUNT, ErrorTracker
 from metricsd.trackers.requests import RequestTracker
 from metricsd.trackers.slo import SloTracker
 from metricsd.window import Geometry
@@ -38,10 +39,20 @@ class Harness:
         )
 
     def view(self, now: float) -> dict[str, Any]:
-        return errors_view(self.errors, now)
+        return self.engine.snapshot(now, WALL + now).view("errors")
+
+    def patterns(
+        self,
+        now: float,
+        min_count: int = DEFAULT_MIN_COUNT,
+        recent_only: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        snap = self.engine.snapshot(now, WALL + now)
+        return snap.view("error_patterns", min_count, recent_only, limit)
 
     def text(self, now: float) -> str:
-        return self.engine.snapshot(now, WALL + now).text.decode()
+        return render_both(self.engine.snapshot(now, WALL + now).families())[0].decode()
 
 
 def requests(n: int, endpoint: str = CHAT, model: str = "gpt-4o", **cols: Any) -> dict[str, Any]:
@@ -163,7 +174,7 @@ def test_example_request_ids_keep_the_latest_five() -> None:
         },
         now=1.0,
     )
-    (p,) = patterns_view(h.errors, 2.0)
+    (p,) = h.patterns(2.0)
     assert p["count"] == 8
     assert p["example_request_ids"] == ["r3", "r4", "r5", "r6", "r7"]
 
@@ -178,12 +189,12 @@ def test_patterns_filter_sort_and_limit() -> None:
     h = Harness()
     h.send([error("often")] * 5 + [error("sometimes")] * 3 + [error("rare")] * 2, now=1.0)
     h.send([error("late")] * 4, now=500.0)
-    counts = [(p["normalized_message"], p["count"]) for p in patterns_view(h.errors, 501.0)]
+    counts = [(p["normalized_message"], p["count"]) for p in h.patterns(501.0)]
     assert counts == [("often", 5), ("late", 4), ("sometimes", 3)]  # min_count 3 by default
-    assert len(patterns_view(h.errors, 501.0, min_count=1)) == 4
-    recent = patterns_view(h.errors, 501.0, min_count=1, recent_only=True)
+    assert len(h.patterns(501.0, min_count=1)) == 4
+    recent = h.patterns(501.0, min_count=1, recent_only=True)
     assert [p["normalized_message"] for p in recent] == ["late"]
-    assert len(patterns_view(h.errors, 501.0, min_count=0, limit=2)) == 2
+    assert len(h.patterns(501.0, min_count=0, limit=2)) == 2
 
 
 def test_pattern_table_evicts_the_least_recently_seen(tmp_path: Path) -> None:
@@ -256,7 +267,7 @@ def test_json_views_hold_plain_python_types_only() -> None:
     h.send(error("boom 42", user_id="u"), now=1.5)
     v = h.view(2.0)
     assert plain_types(v)
-    assert plain_types(patterns_view(h.errors, 2.0, min_count=0))
+    assert plain_types(h.patterns(2.0, min_count=0))
     json.dumps(v, allow_nan=False)
 
 
@@ -272,7 +283,7 @@ def test_derived_request_batches_count_like_requests() -> None:
         error_type=[None, "stream_failed", None],
         error_message=[None, "stream 7 failed", None],
     )
-    h.errors.apply(derived, 1.0, WALL + 1.0)
+    h.errors.apply(derived, Ctx(1.0, WALL + 1.0, 1))
     v = h.view(2.0)
     assert (v["total_requests"], v["total_errors"]) == (3, 1)
     assert v["top_patterns"][0]["normalized_message"] == "stream <NUM> failed"
@@ -282,14 +293,14 @@ def test_prometheus_families_parse_and_llm_errors_is_exported_once() -> None:
     h = Harness()
     h.send(requests(9), now=1.0)
     h.send(error("boom"), now=1.0)
-    snap = h.engine.snapshot(2.0, WALL + 2.0)
-    text = snap.text.decode()
+    text_bytes, om_bytes = render_both(h.engine.snapshot(2.0, WALL + 2.0).families())
+    text = text_bytes.decode()
     families = {f.name: f for f in parse_text(text)}
     assert text.count("# TYPE llm_errors_total ") == 1
     assert families["llm_error_patterns"].samples[0].value == 1
     assert families["error_total_errors"].samples[0].value == 1
     assert families["error_total_requests"].samples[0].value == 10
-    assert {f.name for f in parse_om(snap.openmetrics.decode())} >= {"llm_error_patterns"}
+    assert {f.name for f in parse_om(om_bytes.decode())} >= {"llm_error_patterns"}
 
 
 def test_compat_names_follow_the_setting(tmp_path: Path) -> None:

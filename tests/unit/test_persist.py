@@ -14,11 +14,11 @@ import pytest
 from metricsd import persist
 from metricsd.config import Config, load_config
 from metricsd.engine import Engine
+from metricsd.export.prometheus import render_both
 from metricsd.protocol import decode
 from metricsd.trackers.cost import CostTracker
 from metricsd.trackers.errors import ErrorTracker
 from metricsd.trackers.requests import RequestTracker
-from metricsd.trackers.requests_export import json_view, recent_view, summary_view
 from metricsd.trackers.slo import SloTracker
 from metricsd.trackers.streaming import StreamingTracker
 from metricsd.window import Geometry
@@ -48,33 +48,37 @@ class Stack:
             decode(msgpack.packb(frame), WALL + now, self.engine.limits), now, WALL + now
         )
 
-    def states(self) -> dict[str, dict[str, Any]]:
-        out = {t.name: t.state() for t in self.engine.trackers}
-        out["engine"] = self.engine.state()
+    def states(self, now: float) -> dict[str, dict[str, Any]]:
+        """As the daemon captures them (``Daemon._states``)."""
+        out = {t.name: t.state(now) for t in self.engine.trackers}
+        out["engine"] = self.engine.state(now)
         return out
 
     def restore(self, loaded: persist.Loaded) -> None:
+        """As the daemon restores them: its clock continues from the saved one (no gap here)."""
         targets = {t.name: t for t in self.engine.trackers} | {"engine": self.engine}
         for name, state in loaded.trackers.items():
-            targets[name].restore(state)  # type: ignore[attr-defined]
+            targets[name].restore(state, loaded.saved_now)  # type: ignore[attr-defined]
 
     def exposition(self, now: float) -> str:
-        text = self.engine.snapshot(now, WALL + now).text.decode()
+        text = render_both(self.engine.snapshot(now, WALL + now).families())[0].decode()
         return "\n".join(line for line in text.splitlines() if not PROCESS.search(line))
 
     def views(self, now: float) -> dict[str, Any]:
+        snap = self.engine.snapshot(now, WALL + now)
         return {
-            "json": json_view(
-                self.requests,
-                now,
-                self.streaming.stats(now) if hasattr(self.streaming, "stats") else None,
-            ),
-            "summary": summary_view(self.requests, now, 300),
-            "recent": recent_view(self.requests, 50),
-            "slo": self.slo.live(now, frozenset()),
-            "cost": self.cost.live(now, frozenset()),
-            "budget": self.cost.budget_status("k_budgetkey01", WALL + now),
+            "json": snap.view("json"),
+            "summary": snap.view("summary", 300),
+            "recent": snap.view("recent", 50),
+            "slo": snap.parts["slo"].live(frozenset()),
+            "cost": snap.parts["cost"].live(now, frozenset()),
+            "budget": snap.view("budget", "k_budgetkey01", WALL + now),
         }
+
+
+def save(path: Path, states: dict[str, Any], config: Config, now: float, wall: float) -> int:
+    """What the daemon's save does: encode, then write atomically; returns the size."""
+    return persist.write_atomic(path, persist.encode(states, config, now, wall))
 
 
 def traffic(s: Stack) -> None:
@@ -138,10 +142,10 @@ def test_round_trip_is_exact(config: Config, tmp_path: Path) -> None:
     now = 130.0
     before_text, before_views = a.exposition(now), a.views(now)
     path = tmp_path / "state.bin"
-    size = persist.save(path, a.states(), config, now, WALL + now)
+    size = save(path, a.states(now), config, now, WALL + now)
     assert size == path.stat().st_size > 0
     b = Stack(config, now=500.0)  # a fresh process, a different clock
-    b.restore(persist.load(path, config, b.geometry))
+    b.restore(persist.load(path, config))
     assert b.exposition(now) == before_text
     assert b.views(now) == before_views
     # The restored stack keeps working: the active stream s2 can still end.
@@ -158,44 +162,58 @@ def test_clock_continues_across_restart() -> None:
 
 
 def test_corrupt_files_are_refused(config: Config, tmp_path: Path) -> None:
-    geometry = Geometry()
     path = tmp_path / "state.bin"
+    # The file is the magic line and one msgpack map (no separate header any more): damage
+    # right after the magic line is an unreadable state.
     for content, message in (
         (b"hello", "not a metricsd state file"),
-        (persist.MAGIC + b"\x00\x00\x00\x05{bad", "unreadable header"),
+        (persist.MAGIC + b"\x00\x00\x00\x05{bad", "unreadable state"),
     ):
         path.write_bytes(content)
         with pytest.raises(persist.StateError, match=message):
-            persist.load(path, config, geometry)
+            persist.load(path, config)
     a = Stack(config)
     traffic(a)
-    good = persist.encode(a.states(), config, 1.0, WALL)
+    good = persist.encode(a.states(1.0), config, 1.0, WALL)
     path.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(persist.StateError, match="unreadable state"):
-        persist.load(path, config, geometry)
+        persist.load(path, config)
 
 
 def test_other_layout_is_refused(config: Config, tmp_path: Path) -> None:
     path = tmp_path / "state.bin"
-    persist.save(path, Stack(config).states(), config, 1.0, WALL)
+    save(path, Stack(config).states(1.0), config, 1.0, WALL)
     other = load_config(environ={}, overrides={"engine": {"slot_seconds": 5.0}})
     with pytest.raises(persist.StateError, match="other window slots"):
-        persist.load(path, other, Geometry(slot_seconds=5.0))
+        persist.load(path, other)
 
 
-def test_a_tampered_file_cannot_run_code(config: Config, tmp_path: Path) -> None:
+def test_a_tampered_file_cannot_run_code(
+    config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     class Boom:
         def __reduce__(self) -> Any:
             return (print, ("this must never run",))
 
-    header = b'{"format": 1, "layout": "%s", "saved_now": 0, "saved_wall": 0}' % (
-        persist.layout_fingerprint(config).encode()
-    )
     payload = pickle.dumps({"engine": {"x": Boom()}})
     path = tmp_path / "state.bin"
-    path.write_bytes(persist.MAGIC + len(header).to_bytes(4, "big") + header + payload)
-    with pytest.raises(persist.StateError, match=r"builtins\.print"):
-        persist.load(path, config, Geometry())
+    # A pickle where the msgpack body belongs: refused, never unpickled.
+    path.write_bytes(persist.MAGIC + payload)
+    with pytest.raises(persist.StateError, match="unreadable state"):
+        persist.load(path, config)
+    # A pickle inside a well-formed file: it stays bytes, and restoring refuses them.
+    body = {
+        "format": persist.FORMAT_VERSION,
+        "layout": persist.layout_fingerprint(config),
+        "saved_now": 0.0,
+        "saved_wall": 0.0,
+        "trackers": {"engine": payload},
+    }
+    path.write_bytes(persist.MAGIC + msgpack.packb(body, use_bin_type=True))
+    loaded = persist.load(path, config)
+    with pytest.raises(persist.StateError, match="not a map"):
+        Stack(config).restore(loaded)
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_move_aside(tmp_path: Path) -> None:

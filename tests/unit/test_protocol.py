@@ -74,7 +74,7 @@ def test_columnar_batch_rows_equal_spec_expansion() -> None:
         "cols": {
             "duration_ms": [1.5, 2.5, 3.5],
             "output_tokens": [1, 2, 3],
-            "ts": [10.0, 11.0, 12.0],
+            "ts": [NOW + 10.0, NOW + 11.0, NOW + 12.0],
         },
     }
     result = decode(pack(frame), NOW)
@@ -84,7 +84,7 @@ def test_columnar_batch_rows_equal_spec_expansion() -> None:
     assert batch.cols["duration_ms"].dtype == np.float64
     assert batch.cols["output_tokens"].dtype == np.int64
     assert batch.cols["duration_ms"].tolist() == [1.5, 2.5, 3.5]
-    assert batch.cols["ts"].tolist() == [10.0, 11.0, 12.0]
+    assert batch.cols["ts"].tolist() == [NOW + 10.0, NOW + 11.0, NOW + 12.0]
 
 
 def test_array_of_columnar_batches_and_plain_events() -> None:
@@ -95,11 +95,11 @@ def test_array_of_columnar_batches_and_plain_events() -> None:
     ]
     result = decode(pack(frame), NOW)
     assert result.rejected == {}
-    assert sorted((b.type, b.n) for b in result.batches) == [
-        ("queue", 1),
-        ("request", 1),
-        ("request", 2),
-    ]
+    # The batches of one type are merged (one per type and decode), labels kept per row.
+    assert sorted((b.type, b.n) for b in result.batches) == [("queue", 1), ("request", 3)]
+    (request,) = [b for b in result.batches if b.type == "request"]
+    assert request.values("model") == ["a", "a", "b"]
+    assert request.values("duration_ms") == [1.0, 2.0, 3.0]
     assert result.accepted == 4
 
 
@@ -287,7 +287,7 @@ def test_api_key_hashed_and_never_kept() -> None:
     result = decode(pack(col), NOW)
     (batch,) = result.batches
     assert "api_key" not in batch.cols and "api_key" not in batch.const
-    assert batch.get("key_id") == [hash_key("sk-a"), hash_key("sk-b")]
+    assert batch.values("key_id") == [hash_key("sk-a"), hash_key("sk-b")]
     assert "sk-a" not in repr(batch)
 
 
@@ -400,3 +400,14 @@ def test_typed_column_of_unknown_code_or_length_is_a_shape_error() -> None:
     assert rows(unknown)[1] == {"shape": 1}
     text = {"type": "request", "cols": {"duration_ms": [1.0], "model": typed(2, [5], "<i8")}}
     assert rows(text)[1] == {"bad_value": 1}
+
+
+def test_nil_required_number_is_a_bad_value_alone_and_pooled() -> None:
+    """Found by the live fuzz: an explicit nil for a required number was accepted when the
+    event came alone and rejected when it was pooled with others."""
+    bad = {"type": "client", "dropped": None}
+    good = {"type": "client", "dropped": 3}
+    assert rows(bad)[1] == {"bad_value": 1}
+    assert rows({"type": "request", "duration_ms": None})[1] == {"bad_value": 1}
+    out, rejected = rows([bad, good])
+    assert rejected == {"bad_value": 1} and [r["dropped"] for r in out] == [3]

@@ -11,9 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from metricsd.config import Config, load_config
 from metricsd.engine import Engine
+from metricsd.export.prometheus import render_both
 from metricsd.protocol import decode
+from metricsd.snapshot import Snapshot
 from metricsd.trackers.requests import RequestTracker
-from metricsd.trackers.requests_export import json_view, recent_view, summary_view
 from metricsd.window import Geometry
 
 WALL = 1_700_000_000.0
@@ -30,13 +31,21 @@ class Harness:
             decode(msgpack.packb(frame), WALL + now, self.engine.limits), now, WALL + now
         )
 
+    def snap(self, now: float) -> Snapshot:
+        return self.engine.snapshot(now, WALL + now)
+
     def samples(self, now: float) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = self.engine.snapshot(now, WALL + now).text.decode()
+        text = exposition(self.snap(now))[0].decode()
         out = {}
         for fam in parse_text(text):
             for s in fam.samples:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return out
+
+
+def exposition(snap: Snapshot) -> tuple[bytes, bytes]:
+    """(text 0.0.4, OpenMetrics) of a snapshot, as /metrics serves them."""
+    return render_both(snap.families())
 
 
 def batch(model: str, endpoint: str, durations: list[float], **cols: Any) -> dict[str, Any]:
@@ -88,11 +97,11 @@ def test_counts_tokens_and_statuses() -> None:
 def test_rate_has_no_startup_spike_and_uses_window() -> None:
     h = Harness()
     h.send(batch("m", "/e", [1.0]), now=100.0)
-    view = json_view(h.tracker, 100.0002)
+    view = h.snap(100.0002).view("json")
     assert view["requests"]["/e"]["rate"] == 1.0  # one event over the 1 s floor, not 5 000/s
     for t in range(101, 400):  # one request per second for 5 minutes
         h.send(batch("m", "/e", [1.0]), now=float(t))
-    view = json_view(h.tracker, 399.5)
+    view = h.snap(399.5).view("json")
     # The 5-minute window: slots from 100 s on, so 300 events over 299.5 s.
     assert view["requests"]["/e"]["rate"] == pytest.approx(300 / 299.5)
 
@@ -100,7 +109,7 @@ def test_rate_has_no_startup_spike_and_uses_window() -> None:
 def test_json_view_latency_in_seconds_exact_min_max_avg() -> None:
     h = Harness()
     h.send(batch("m", "/e", [234.0, 100.0, 450.0]), now=1.0)
-    view = json_view(h.tracker, 2.0)
+    view = h.snap(2.0).view("json")
     lat = view["latency"]["/e"]
     assert lat["min"] == 0.1 and lat["max"] == 0.45
     assert lat["avg"] == pytest.approx(0.784 / 3)
@@ -113,10 +122,11 @@ def test_error_event_counts_as_request_without_latency() -> None:
     h = Harness()
     h.send({"type": "error", "error_type": "timeout", "endpoint": "/e", "model": "m"}, now=1.0)
     h.send(batch("m", "/e", [10.0]), now=1.0)
-    summary = summary_view(h.tracker, 2.0, 300)
+    snap = h.snap(2.0)
+    summary = snap.view("summary", 300)
     assert summary["requests"] == 2 and summary["error_rate"] == 0.5
     assert summary["avg_latency_ms"] == 10.0
-    recent = recent_view(h.tracker, 10)
+    recent = snap.view("recent", 10)
     assert recent[0]["latency_ms"] == 10.0
     assert recent[1] == {
         "timestamp": WALL + 1.0,
@@ -133,7 +143,8 @@ def test_summary_shape_and_window() -> None:
     h = Harness()
     h.send(batch("gpt-4o", "/a", [10.0, 20.0], input_tokens=[5, 5], output_tokens=[1, 1]), now=0.0)
     h.send(batch("claude-3-opus", "/a", [30.0]), now=400.0)
-    summary = summary_view(h.tracker, 401.0, 300)
+    snap = h.snap(401.0)
+    summary = snap.view("summary", 300)
     assert summary == {
         "requests": 1,
         "avg_latency_ms": 30.0,
@@ -144,7 +155,7 @@ def test_summary_shape_and_window() -> None:
         "models": {"claude-3-opus": 1},
         "window_seconds": 300,
     }
-    assert summary_view(h.tracker, 401.0, 3600)["requests"] == 3
+    assert snap.view("summary", 3600)["requests"] == 3
 
 
 def test_cache_and_queue() -> None:
@@ -218,16 +229,16 @@ def test_cardinality_cap() -> None:
 def test_exposition_parses_in_both_formats_with_hostile_labels() -> None:
     h = Harness()
     h.send(batch('we"ird\\mod\nel', "/e{x}", [1.0]), now=1.0)
-    snap = h.engine.snapshot(2.0, WALL)
-    families = {f.name: f for f in parse_text(snap.text.decode())}
+    text_bytes, om_bytes = exposition(h.engine.snapshot(2.0, WALL))
+    families = {f.name: f for f in parse_text(text_bytes.decode())}
     assert "llm_requests" in families and "metricsd_events_received" in families
     names = [s.labels.get("model") for s in families["llm_requests"].samples]
     assert 'we"ird\\mod\nel' in names
-    om = {f.name: f for f in parse_om(snap.openmetrics.decode())}
+    om = {f.name: f for f in parse_om(om_bytes.decode())}
     assert om["llm_request_duration_seconds"].type == "histogram"
     assert om["llm_requests"].type == "counter"
     # one HELP and TYPE per family
-    text = snap.text.decode()
+    text = text_bytes.decode()
     type_lines = [line for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(type_lines) == len(set(type_lines))
 
@@ -255,10 +266,11 @@ def test_recent_ring_is_bounded_and_newest_first() -> None:
     h = Harness(config)
     h.send(batch("m", "/e", [1.0, 2.0, 3.0]), now=1.0)
     h.send(batch("m", "/e", [4.0, 5.0, 6.0, 7.0], status=[200, 200, 200, 503]), now=2.0)
-    recent = recent_view(h.tracker, 100)
+    recent = h.snap(2.0).view("recent", 100)
     assert [r["latency_ms"] for r in recent] == [7.0, 6.0, 5.0, 4.0, 3.0]
     assert recent[0]["error"] == "HTTP 503" and recent[1]["error"] is None
     h.send(batch("m", "/e", [float(i) for i in range(100)]), now=3.0)
-    assert [r["latency_ms"] for r in recent_view(h.tracker, 3)] == [99.0, 98.0, 97.0]
+    snap = h.snap(3.0)
+    assert [r["latency_ms"] for r in snap.view("recent", 3)] == [99.0, 98.0, 97.0]
     assert len(h.tracker.recent) == 5
-    assert len(recent_view(h.tracker, 100)) == 5
+    assert len(snap.view("recent", 100)) == 5

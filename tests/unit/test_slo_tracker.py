@@ -13,9 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from metricsd.config import Config, ConfigError, load_config
 from metricsd.engine import Engine
+from metricsd.export.prometheus import render_both
 from metricsd.protocol import decode
+from metricsd.snapshot import Snapshot
+from metricsd.trackers.base import Ctx
 from metricsd.trackers.slo import CountRing, SloTracker
-from metricsd.trackers.slo_export import duration_name, slo_object, slo_view
+from metricsd.trackers.slo_view import duration_name, slo_object
 from metricsd.window import Geometry
 
 WALL = 1_700_000_000.0
@@ -28,6 +31,8 @@ class Harness:
         self.config = config or load_config(environ={})
         self.slo = SloTracker(self.config, Geometry(), start=0.0)
         self.engine = Engine(self.config, [self.slo])
+        #: Alerts a snapshot took out of the tracker's outbox (for the hub), oldest first.
+        self.drained: list[dict[str, Any]] = []
 
     def send(self, frame: Any, now: float) -> None:
         self.engine.apply(
@@ -42,8 +47,21 @@ class Harness:
             cols = {"duration_ms": [1.0] * n, "status": [200] * good + [500] * bad}
             self.send({"type": "request", "const": const, "cols": cols}, now)
 
+    def snap(self, now: float) -> Snapshot:
+        snap = self.engine.snapshot(now, WALL + now)
+        self.drained.extend(snap.alerts)
+        return snap
+
     def view(self, now: float) -> dict[str, Any]:
-        return slo_view(self.slo, now)
+        return self.snap(now).view("slo")
+
+    def expire(self, now: float) -> None:
+        self.slo.expire(Ctx(now, WALL + now, 1))
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert raised: drained by snapshots, then still in the tracker's outbox."""
+        return [*self.drained, *self.slo.alerts]
 
     def burn(self, now: float, window: str) -> float:
         return float(self.view(now)["burn_rates"][window])
@@ -177,9 +195,9 @@ def test_budget_window_drops_old_minutes(tmp_path: Path) -> None:
 def test_page_alert_is_edge_triggered() -> None:
     h = Harness()
     h.outcomes(10.0, good=90, bad=10)  # burn 100 on every window
-    h.slo.expire(10.0)
-    h.slo.expire(10.5)
-    alerts = list(h.slo.alerts)
+    h.expire(10.0)
+    h.expire(10.5)
+    alerts = list(h.alerts)
     assert [(a["type"], a["level"], a["slo"]) for a in alerts] == [
         ("slo_alert", "page", "availability"),
         ("slo_alert", "ticket", "availability"),
@@ -191,28 +209,28 @@ def test_page_alert_is_edge_triggered() -> None:
     # Hours of good traffic: every window recovers and both alerts end ...
     for t in range(60, 7 * 3600, 60):
         h.outcomes(float(t), good=1000)
-    h.slo.expire(7 * 3600.0)
+    h.expire(7 * 3600.0)
     assert h.view(7 * 3600.0)["alerts"] == {"page": False, "ticket": False}
-    assert len(h.slo.alerts) == 2
+    assert len(h.alerts) == 2
     # ... and a new storm of bad outcomes starts each of them again, once.
     h.outcomes(7 * 3600.0 + 1, good=10, bad=9000)
-    h.slo.expire(7 * 3600.0 + 1)
-    h.slo.expire(7 * 3600.0 + 2)
-    assert [a["level"] for a in h.slo.alerts] == ["page", "ticket", "page", "ticket"]
+    h.expire(7 * 3600.0 + 1)
+    h.expire(7 * 3600.0 + 2)
+    assert [a["level"] for a in h.alerts] == ["page", "ticket", "page", "ticket"]
 
 
 def test_ticket_without_page() -> None:
     h = Harness()
     h.outcomes(10.0, good=998, bad=2)  # burn 2: above 1, below 6
-    h.slo.expire(10.0)
-    assert [a["level"] for a in h.slo.alerts] == ["ticket"]
+    h.expire(10.0)
+    assert [a["level"] for a in h.alerts] == ["ticket"]
     assert h.view(10.0)["alerts"] == {"page": False, "ticket": True}
 
 
 def test_page_thresholds_are_strict() -> None:
     h = Harness()
     h.outcomes(10.0, good=994, bad=6)  # burn exactly 6: not > 6
-    h.slo.expire(10.0)
+    h.expire(10.0)
     assert h.view(10.0)["alerts"]["page"] is False
 
 
@@ -244,7 +262,7 @@ def test_slo_object_has_every_spec_field() -> None:
     assert set(v) == fields | {"slos"}
     assert set(v["slos"][0]) == fields
     assert v["window_seconds"] == 30 * 86400.0 and v["target_success_rate"] == 0.999
-    assert slo_object(h.slo.slos[0], 2.0) == v["slos"][0]
+    assert slo_object(h.slo.slos[0].frozen(2.0)) == v["slos"][0]
     json.dumps(v, allow_nan=False)
     assert plain_types(v)
 
@@ -261,10 +279,10 @@ def plain_types(value: Any) -> bool:
 def test_prometheus_families_canonical_sloth_and_seed() -> None:
     h = Harness()
     h.outcomes(1.0, good=99, bad=1)
-    snap = h.engine.snapshot(2.0, WALL + 2.0)
+    text, openmetrics = render_both(h.snap(2.0).families())
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for f in parse_text(snap.text.decode())
+        for f in parse_text(text.decode())
         for s in f.samples
     }
     assert samples[("llm_slo_objective", (("slo", "availability"),))] == 0.999
@@ -285,13 +303,13 @@ def test_prometheus_families_canonical_sloth_and_seed() -> None:
     assert samples[("error_burn_rate", ())] == 10.0
     assert samples[("error_slo_violated", ())] == 1
     assert samples[("error_budget_percentage", ())] == 0
-    om = {f.name for f in parse_om(snap.openmetrics.decode())}
+    om = {f.name for f in parse_om(openmetrics.decode())}
     assert {"slo:sli_error:ratio_rate5m", "slo:objective:ratio", "llm_slo_burn_rate"} <= om
 
 
 def test_sloth_names_follow_the_setting(tmp_path: Path) -> None:
     h = Harness(config_from(tmp_path, '[prometheus]\nsloth = false\n[[slo]]\nservice = "x"\n'))
-    text = h.engine.snapshot(1.0, WALL + 1.0).text.decode()
+    text = render_both(h.snap(1.0).families())[0].decode()
     assert "slo:" not in text and "llm_slo_objective" in text
 
 
@@ -350,7 +368,7 @@ def test_duration_names() -> None:
 def test_live_category_for_the_websocket() -> None:
     h = Harness()
     h.outcomes(1.0, good=99, bad=1)
-    live = h.slo.live(2.0, frozenset({"some-model"}))
+    live = h.snap(2.0).parts["slo"].live(frozenset({"some-model"}))
     assert live == {
         "availability": {
             "burn_rates": {w: 10.0 for w in ("5m", "30m", "1h", "6h", "1d", "3d")},

@@ -24,11 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from metricsd.config import Config, ConfigError, load_config
 from metricsd.engine import Engine
+from metricsd.export.prometheus import render_both
 from metricsd.protocol import decode
+from metricsd.snapshot import Snapshot
 from metricsd.trackers.requests import RequestTracker
-from metricsd.trackers.requests_export import json_view
 from metricsd.trackers.streaming import StreamingTracker
-from metricsd.trackers.streaming_export import json_streaming_stats, streaming_view
 from metricsd.window import Geometry
 
 WALL = 1_700_000_000.0
@@ -50,9 +50,12 @@ class Harness:
         assert not result.rejected, result.rejected
         self.engine.apply(result, now, WALL + now)
 
+    def snap(self, now: float) -> Snapshot:
+        return self.engine.snapshot(now, WALL + now)
+
     def snapshot(self, now: float) -> tuple[str, str]:
-        snap = self.engine.snapshot(now, WALL + now)
-        return snap.text.decode(), snap.openmetrics.decode()
+        text, om = render_both(self.snap(now).families())
+        return text.decode(), om.decode()
 
     def samples(self, now: float) -> Samples:
         out: Samples = {}
@@ -62,7 +65,7 @@ class Harness:
         return out
 
     def view(self, now: float, model: str | None = None) -> dict[str, Any]:
-        out = streaming_view(self.tracker, now, model)
+        out = self.snap(now).view("streaming", model)
         json.dumps(out, allow_nan=False)  # strict JSON, plain types
         return out
 
@@ -179,10 +182,13 @@ def test_bulk_batches_equal_one_token_at_a_time() -> None:
         table = h.tracker.table
         slots = np.array([table.ids[sid] for sid in times])
         gaps = [np.round(np.diff(times[sid]) * 1000, 3) for sid in times]
-        assert np.allclose(table.itl_mean[slots], [g.mean() for g in gaps], rtol=1e-12)
-        assert np.allclose(
-            table.itl_m2[slots], [((g - g.mean()) ** 2).sum() for g in gaps], rtol=1e-9
-        )
+        # The table keeps exact sums of each stream's gaps (whole µs) and of their squares;
+        # the mean and the sum of squared deviations (ms, ms²) follow from them.
+        n, total, squares = table.itl_n[slots], table.itl_sum[slots], table.itl_sq[slots]
+        itl_mean = total / n / 1000.0
+        itl_m2 = (squares - total * total / n) / 1e6
+        assert np.allclose(itl_mean, [g.mean() for g in gaps], rtol=1e-12)
+        assert np.allclose(itl_m2, [((g - g.mean()) ** 2).sum() for g in gaps], rtol=1e-9)
         assert table.stalls[slots].tolist() == [int((g > 500).sum()) for g in gaps]
         assert table.tokens[slots].tolist() == [12] * 30
     for block in ("itl", "ttft"):  # the sums differ only in their float addition order
@@ -381,7 +387,7 @@ def test_compat_off_and_empty_tracker() -> None:
     v = h.view(1.0)
     assert v["ttft_percentiles"] is None and v["ttft"]["count"] == 0
     assert (v["total_streams"], v["success_rate"], v["streaming_percentage"]) == (0, 0.0, 0.0)
-    assert json_streaming_stats(h.tracker, 1.0) == {
+    assert h.snap(1.0).parts["streaming"].json_stats(1.0) == {
         "active_streams": 0,
         "completed_streams": 0,
         "failed_streams": 0,
@@ -394,7 +400,8 @@ def test_metrics_json_streaming_stats_in_seconds() -> None:
     h = Harness()
     worked_stream(h)
     h.send(start("open", T0 + 5), now=2.0)
-    stats = json_streaming_stats(h.tracker, 2.0)
+    snap = h.snap(2.0)
+    stats = snap.parts["streaming"].json_stats(2.0)
     assert (stats["active_streams"], stats["completed_streams"], stats["failed_streams"]) == (
         1,
         1,
@@ -409,7 +416,7 @@ def test_metrics_json_streaming_stats_in_seconds() -> None:
         "p99",
     }
     assert stats["tokens_per_second"]["max"] == pytest.approx(2 / 0.15)
-    out = json_view(h.requests, 2.0, stats)
+    out = snap.parts["requests"].json(2.0, stats)
     assert out["streaming_stats"] is stats
 
 
@@ -422,12 +429,13 @@ def test_model_filter_and_live_view() -> None:
     assert (only["total_streams"], only["active_streams"], only["completed_streams"]) == (1, 1, 0)
     assert only["ttft"]["avg"] == 250.0 and list(only["by_model"]) == ["claude-3"]
     assert h.view(4.0, "nope")["total_streams"] == 0
-    live = h.tracker.live(4.0, frozenset({"gpt-4o"}))
+    streaming = h.snap(4.0).parts["streaming"]
+    live = streaming.live(4.0, frozenset({"gpt-4o"}))
     assert live["active_streams"] == 0 and live["completed_streams"] == 1
     assert live["ttft"]["avg"] == 100.0 and "tokens_per_second" in live
-    everything = h.tracker.live(4.0, frozenset())
+    everything = streaming.live(4.0, frozenset())
     assert everything["active_streams"] == 1 and everything["ttft"]["max"] == 250.0
-    assert "ttft" not in h.tracker.live(4.0, frozenset({"nope"}))
+    assert "ttft" not in streaming.live(4.0, frozenset({"nope"}))
 
 
 def test_streaming_config_section(tmp_path: Path) -> None:

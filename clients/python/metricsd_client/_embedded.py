@@ -1,23 +1,20 @@
-"""``embedded=True``: the daemon's own pure trackers, run in this process.
+"""``embedded=True``: the daemon's engine, run in this process.
 
-The same engine and trackers as ``metricsd serve`` (request, streaming, error, SLO, cost and
-custom metrics),
-with no sockets and no HTTP: events are buffered, then encoded by the client's wire encoder,
-decoded by the daemon's protocol decoder and applied (every 1 000 events, and before any read
-or budget change), with ``time.monotonic()`` as the engine's clock; each read builds a snapshot
-and returns the very JSON the daemon's route would serve. So a script or a test without a
-daemon gets the numbers a daemon would compute, and every read sees every write before it.
+The same engine and trackers as ``metricsd serve`` (:class:`metricsd.embedded.Embedded`), with
+no sockets and no HTTP: events are buffered, then encoded by the client's wire encoder, decoded
+by the daemon's decoder and applied (every 1 000 events, and before any read or budget change),
+with ``time.monotonic()`` as the engine's clock; each read builds a snapshot and returns the
+very JSON the daemon's route would serve. So a script or a test without a daemon gets the
+numbers a daemon would compute, and every read sees every write before it.
 
-The ``metricsd`` package is imported here, when an embedded backend is created, never when
-``metricsd_client`` is imported.
+``metricsd.embedded`` is the only part of the daemon used here, imported when an embedded
+backend is created, never when ``metricsd_client`` is imported.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -45,7 +42,7 @@ _NEEDS = (
 def require_metricsd() -> None:
     """Raise a clear ImportError when the daemon package is missing."""
     try:
-        import metricsd.engine  # noqa: F401
+        import metricsd.embedded  # noqa: F401
     except ImportError as exc:
         raise ImportError(_NEEDS) from exc
 
@@ -102,13 +99,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _wire_json(value: Any) -> Any:
-    """What the daemon's route would send: strict JSON, decoded again."""
-    from metricsd.jsonutil import dumps
-
-    return json.loads(dumps(value))
-
-
 class EmbeddedBackend:
     """An in-process engine with the daemon's five trackers; thread-safe (one lock).
 
@@ -128,42 +118,15 @@ class EmbeddedBackend:
         cost_only: bool = False,
     ) -> None:
         require_metricsd()
-        import dataclasses
+        from metricsd.embedded import Embedded
 
-        from metricsd.config import Config, SloConfig
-        from metricsd.engine import Engine
-        from metricsd.trackers.cost import CostTracker
-        from metricsd.trackers.custom import CustomTracker
-        from metricsd.trackers.errors import ErrorTracker
-        from metricsd.trackers.requests import RequestTracker
-        from metricsd.trackers.slo import SloTracker
-        from metricsd.trackers.streaming import StreamingTracker
-        from metricsd.window import Geometry
-
-        if config is None:
-            config = Config()
-            if slo_objective is not None:
-                config = dataclasses.replace(config, slo=(SloConfig(objective=slo_objective),))
-            if pricing_file:
-                cost = dataclasses.replace(config.cost, pricing_file=pricing_file)
-                config = dataclasses.replace(config, cost=cost)
-        self.config = config
-        geometry = Geometry(slot_seconds=config.engine.slot_seconds)
-        start, wall = time.monotonic(), time.time()
-        self._requests = RequestTracker(config, geometry, start)
-        self._streaming = StreamingTracker(config, geometry, start)
-        self._errors = ErrorTracker(config, geometry, start)
-        self._slo = SloTracker(config, geometry, start, wall_offset=wall - start)
-        self._cost = CostTracker(config, start, wall)
-        self._custom = CustomTracker(config)
-        trackers: list[Any] = [self._requests, self._streaming, self._errors, self._slo]
-        trackers += [self._cost, self._custom]
-        self.engine = Engine(config, [self._cost] if cost_only else trackers)
-        # As in the daemon: a custom metric may not take the name of a built-in family.
-        self._custom.reserved = frozenset(
-            f.name for f in self.engine.families(start) if f.name != "metricsd_custom_refused"
+        self.core = Embedded(
+            config=config,
+            slo_objective=slo_objective,
+            pricing_file=pricing_file,
+            cost_only=cost_only,
         )
-        self.engine.ready = True
+        self.config = self.core.config
         self._lock = threading.RLock()
         self._pending: list[tuple[_Row, LocalEmitter]] = []
         self._packer = _wire.new_packer()
@@ -172,7 +135,7 @@ class EmbeddedBackend:
         _BACKENDS.add(self)
 
     def __repr__(self) -> str:
-        return f"EmbeddedBackend(events={sum(self.engine.events_received.values())})"
+        return f"EmbeddedBackend(events={self.core.events_received})"
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -187,8 +150,6 @@ class EmbeddedBackend:
     def apply_pending(self) -> None:
         """Encode the buffered rows as the client would send them, decode them as the daemon
         does, and apply them. Rows that cannot be encoded are counted as the emitter's drops."""
-        from metricsd.protocol import decode
-
         with self._lock:
             pending, self._pending = self._pending, []
             if not pending:
@@ -202,9 +163,7 @@ class EmbeddedBackend:
                     emitter._sent -= bad
                     emitter._fdropped += bad
                 for _n, parts in _wire.assemble(packed):
-                    frame = _wire.frame(parts, None, self._packer)
-                    now, wall = time.monotonic(), time.time()
-                    self.engine.apply(decode(frame, now, self.engine.limits), now, wall)
+                    self.core.apply(_wire.frame(parts, None, self._packer))
 
     def charge(
         self,
@@ -214,14 +173,12 @@ class EmbeddedBackend:
         request_id: str | None,
     ) -> float:
         """Apply one ``usage`` event and return what the cost tracker charged for it (USD)."""
-        from metricsd.pricing import usd
-
         with self._lock:
             self.apply_pending()
-            before = self._cost.all.total
+            before = self.core.spent()
             self.emitter.usage(key_id=key_id, user_id=user_id, request_id=request_id, **fields)
             self.apply_pending()
-            return usd(self._cost.all.total - before)
+            return self.core.usd(self.core.spent() - before)
 
     def sync(self, timeout: float | None = None) -> bool:
         self.apply_pending()  # every write so far is now in the trackers
@@ -236,113 +193,74 @@ class EmbeddedBackend:
 
     # --- reads ------------------------------------------------------------------------------
 
-    def _now(self) -> tuple[float, float]:
-        """Apply what is buffered, tick (expiry, idle streams…), and return the clock."""
-        self.apply_pending()
-        now, wall = time.monotonic(), time.time()
-        self.engine.snapshot(now, wall)
-        return now, wall
+    def _view(self, name: str, *args: Any) -> Any:
+        with self._lock:
+            self.apply_pending()
+            return self.core.view(name, *args)
 
     def streaming(self, model: str | None = None) -> dict[str, Any]:
-        from metricsd.trackers.streaming_export import streaming_view
-
-        with self._lock:
-            now, _ = self._now()
-            return dict(_wire_json(streaming_view(self._streaming, now, model)))
+        return dict(self._view("streaming", model))
 
     def errors(self) -> dict[str, Any]:
-        from metricsd.trackers.errors_export import errors_view
-
-        with self._lock:
-            now, _ = self._now()
-            return dict(_wire_json(errors_view(self._errors, now)))
+        return dict(self._view("errors"))
 
     def slo(self) -> dict[str, Any]:
-        from metricsd.trackers.slo_export import slo_view
-
-        with self._lock:
-            now, _ = self._now()
-            return dict(_wire_json(slo_view(self._slo, now)))
+        return dict(self._view("slo"))
 
     def error_patterns(
         self, min_count: int, recent_only: bool, limit: int | None
     ) -> list[dict[str, Any]]:
-        from metricsd.trackers.errors_export import patterns_view
-
-        with self._lock:
-            now, _ = self._now()
-            return list(_wire_json(patterns_view(self._errors, now, min_count, recent_only, limit)))
+        return list(self._view("error_patterns", min_count, recent_only, limit))
 
     def costs(self) -> dict[str, Any]:
-        from metricsd.trackers.cost_export import summary_view
-
-        with self._lock:
-            now, wall = self._now()
-            return dict(_wire_json(summary_view(self._cost, now, wall)))
+        return dict(self._view("costs"))
 
     def key_costs(self, key_id: str) -> dict[str, Any] | None:
-        from metricsd.trackers.cost_export import key_view
-
         with self._lock:
-            now, wall = self._now()
-            view = key_view(self._cost, key_id, now, wall)
-            return None if view is None else dict(_wire_json(view))
+            self.apply_pending()
+            view = self.core.wall_view("cost_key", key_id)
+            return None if view is None else dict(view)
 
     def budgets(self) -> dict[str, Any]:
-        from metricsd.trackers.cost_export import budgets_view
-
         with self._lock:
-            _now, wall = self._now()
-            return dict(_wire_json(budgets_view(self._cost, wall)))
+            self.apply_pending()
+            return dict(self.core.wall_view("budgets"))
 
     def budget(self, key_id: str) -> dict[str, Any] | None:
         with self._lock:
             self.apply_pending()
-            found = self._cost.budget_status(key_id, time.time())
-            return None if found is None else dict(_wire_json(found))
+            found = self.core.wall_view("budget", key_id)
+            return None if found is None else dict(found)
 
     def put_budget(self, key_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        from metricsd.budgets import BudgetError
+        from metricsd.embedded import BudgetError
 
         with self._lock:
             self.apply_pending()
             try:
-                return dict(_wire_json(self._cost.put_budget(key_id, body, time.time())))
+                return self.core.put_budget(key_id, body)
             except BudgetError as exc:
                 raise MetricsdHTTPError(400, str(exc), "/metrics/budgets/{key}") from None
 
     def delete_budget(self, key_id: str) -> bool:
         with self._lock:
             self.apply_pending()
-            return self._cost.delete_budget(key_id)
+            return self.core.delete_budget(key_id)
 
     def suggestions(self, key_id: str | None) -> list[dict[str, Any]]:
         """Evaluated now (the daemon evaluates on a timer, ``cost.suggestion_interval``)."""
-        from metricsd.trackers.cost_export import suggestions_view
-        from metricsd.trackers.cost_suggest import refresh
-
-        with self._lock:
-            now, _ = self._now()
-            keys = sorted(self._cost.keys) if key_id is None else [key_id]
-            refresh(self._cost, keys, now)
-            return list(_wire_json(suggestions_view(self._cost, key_id)))
-
-    def summary(self, window_seconds: float) -> dict[str, Any]:
-        from metricsd.trackers.requests_export import summary_view
-
-        with self._lock:
-            now, _ = self._now()
-            return dict(_wire_json(summary_view(self._requests, now, window_seconds)))
-
-    def recent(self, limit: int) -> list[dict[str, Any]]:
-        from metricsd.trackers.requests_export import recent_view
-
         with self._lock:
             self.apply_pending()
-            return list(_wire_json(recent_view(self._requests, limit)))
+            self.core.refresh_suggestions(key_id)
+            return list(self.core.view("suggestions", key_id))
+
+    def summary(self, window_seconds: float) -> dict[str, Any]:
+        return dict(self._view("summary", window_seconds))
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        return list(self._view("recent", limit))
 
     def prometheus(self) -> str:
         with self._lock:
             self.apply_pending()
-            now, wall = time.monotonic(), time.time()
-            return self.engine.snapshot(now, wall).text.decode("utf-8")
+            return self.core.prometheus()

@@ -10,18 +10,23 @@ per-type order of :data:`SPECS`. This module turns a list of rows into frames of
 2. inside a group, a field that is ``None`` in every row is omitted, and a field that is ``None``
    in some rows only splits the group (so no ``nil`` reaches the wire);
 3. labels, and any other field that holds the same value (and type) in every row, go to
-   ``const``; the rest go to ``cols``. ``ts`` always stays a column, so ``N`` is always known;
+   ``const``; the rest go to ``cols``. ``ts`` always stays a column, so ``N`` is always known.
+   In a batch of at least :data:`MIN_TYPED_ROWS` rows, a column of plain floats or ints is sent
+   as a *typed column* (a msgpack ext object holding the values' little-endian bytes, which the
+   daemon reads without one object per value); any other column is a msgpack array;
 4. each batch is packed on its own, so a batch that cannot be packed (an object msgpack does not
    know) or that is too large is split in halves until the bad or oversized row is isolated and
    dropped (counted), and frames are assembled from packed parts under the size and count caps.
 
 Row ``i`` of a batch, ``{"type": T, **const, **{f: cols[f][i]}}``, equals the event the caller
-recorded minus its ``None`` fields, plus ``source`` and ``v``.
+recorded minus its ``None`` fields, plus ``source`` and ``v`` (a typed column read as its values).
 """
 
 from __future__ import annotations
 
 import operator
+import sys
+from array import array
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ __all__ = [
     "MAX_BATCH_ROWS",
     "MAX_FRAME_BYTES",
     "MAX_FRAME_EVENTS",
+    "MIN_TYPED_ROWS",
     "SPECS",
     "EventSpec",
     "Row",
@@ -54,6 +60,18 @@ MAX_FRAME_EVENTS: Final = 10_000
 MAX_BATCH_ROWS: Final = MAX_FRAME_EVENTS - 1
 _RESERVED_BYTES: Final = 128
 MAX_PAYLOAD_BYTES: Final = MAX_FRAME_BYTES - _RESERVED_BYTES
+
+#: Typed columns (the daemon's ``TYPED_COLUMNS``, docs/protocol.md): msgpack ext type codes.
+EXT_FLOAT64: Final = 1
+EXT_INT64: Final = 2
+#: Columns of batches with fewer rows stay msgpack arrays. Below this the daemon decodes both
+#: forms in about the same time, an int64 column is larger than an array of small ints, and the
+#: conformance vectors' emitter frames (shared with the Node emitter, which sends arrays only)
+#: keep their bytes.
+MIN_TYPED_ROWS: Final = 16
+_BIG_ENDIAN: Final = sys.byteorder == "big"
+#: Integers up to this magnitude are exact as float64.
+_EXACT_FLOAT_INT: Final = 1 << 53
 
 # Type codes: the first element of every row. The emitter's methods hard-code these numbers.
 REQUEST: Final = 0
@@ -257,6 +275,37 @@ def _group(spec: EventSpec, rows: list[Row]) -> list[tuple[list[Row], list[Row]]
     return [(part, _transpose(part)) for part in parts]
 
 
+def _ext(code: int, values: array[Any]) -> msgpack.ExtType:
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return msgpack.ExtType(code, values.tobytes())
+
+
+def _typed(col: Row) -> Any:
+    """A column as a typed column when its values allow it exactly, else the column itself.
+
+    Only exact ``float`` and ``int`` values qualify (not ``bool``, not subclasses such as numpy
+    scalars or enums): all floats → float64; all ints within int64 → int64; ints and floats
+    mixed → float64 when every int is exact as a float64 (|v| ≤ 2**53). Anything else stays
+    a msgpack array, booleans included: boolean fields are labels (in ``const``), so a boolean
+    column is one in a numeric or string field, which the daemon rejects from an array but
+    would read from a uint8 typed column as 0 and 1.
+    """
+    kinds = set(map(type, col))
+    if kinds == {float}:
+        return _ext(EXT_FLOAT64, array("d", col))
+    if kinds == {int}:
+        try:
+            return _ext(EXT_INT64, array("q", col))
+        except OverflowError:  # beyond int64: an array (msgpack's uint64, or unpackable)
+            return col
+    if kinds == {int, float}:
+        ints = [v for v in col if type(v) is int]
+        if max(map(abs, ints)) <= _EXACT_FLOAT_INT:
+            return _ext(EXT_FLOAT64, array("d", col))
+    return col
+
+
 def _build(
     spec: EventSpec, rows: list[Row], cols: list[Row], source: str
 ) -> list[tuple[list[Row], dict[str, Any]]]:
@@ -264,8 +313,9 @@ def _build(
 
     ``cols`` is the transposition of ``rows``. Each value field is, over the rows: ``None``
     everywhere (omitted), one value of one type (``const``; never ``ts``, so a batch always
-    has a column), varying without ``None`` (a column), or ``None`` in some rows only: then the
-    rows are split by which of those fields are ``None`` and each part is built alone.
+    has a column), varying without ``None`` (a column, typed if it can be: :func:`_typed`), or
+    ``None`` in some rows only: then the rows are split by which of those fields are ``None``
+    and each part is built alone.
     """
     n = len(rows)
     fields = spec.fields
@@ -296,6 +346,9 @@ def _build(
         for part in _partition(rows, masks):
             out.extend(_build(spec, part, _transpose(part), source))
         return out
+    if n >= MIN_TYPED_ROWS:
+        for name, col in out_cols.items():
+            out_cols[name] = _typed(col)
     return [(rows, {"v": PROTOCOL_VERSION, "type": spec.type, "cols": out_cols, "const": const})]
 
 

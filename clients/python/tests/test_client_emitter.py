@@ -2,14 +2,15 @@
 
 Every frame received is checked against the wire contract (shape 4: an array of columnar batches
 and plain events, ``v == 1``, equal column lengths, no ``None`` anywhere, ≤ 1 MiB, ≤ 10 000
-events) and expanded to rows ``{"type": T, **const, **{f: cols[f][i]}}``; the tests then assert
-exact rows. Every socket read has a timeout.
+events) and expanded to rows ``{"type": T, **const, **{f: cols[f][i]}}`` (a typed column read as
+its values); the tests then assert exact rows. Every socket read has a timeout.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import struct
 import sys
 import threading
 import time
@@ -24,6 +25,21 @@ from metricsd_client import DEFAULT_ENDPOINT, Emitter, _wire
 MiB = 1 << 20
 
 # -------------------------------------------------------------------------------------- helpers
+
+#: The typed columns the emitter sends (msgpack ext code → little-endian struct format).
+TYPED_FORMATS = {1: "<d", 2: "<q"}
+
+
+def _typed_column(code: int, data: bytes) -> list[Any]:
+    fmt = TYPED_FORMATS.get(code)
+    assert fmt is not None, f"the emitter sent ext type {code}"
+    assert data and len(data) % 8 == 0, "a typed column holds whole 8-byte values"
+    return [v for (v,) in struct.iter_unpack(fmt, data)]
+
+
+def unpack(data: bytes) -> Any:
+    """A frame as msgpack objects, each typed column as the list of its values."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_typed_column)
 
 
 class Pull:
@@ -43,7 +59,7 @@ class Pull:
         data = self.sock.recv(zmq.NOBLOCK)
         assert len(data) <= MiB
         assert not self.sock.getsockopt(zmq.RCVMORE), "multipart frames are invalid"
-        rows = expand(msgpack.unpackb(data, raw=False, strict_map_key=False))
+        rows = expand(unpack(data))
         assert len(rows) <= 10_000
         self.frames.append(rows)
         return rows
@@ -111,7 +127,7 @@ def expand(frame: Any) -> list[dict[str, Any]]:
 
 
 def batches(frame_data: bytes) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = msgpack.unpackb(frame_data, raw=False)
+    out: list[dict[str, Any]] = unpack(frame_data)
     return out
 
 
@@ -518,7 +534,7 @@ def test_field_present_in_some_rows_only_splits_the_batch(
     data = pull.sock.recv()
     got = batches(data)
     assert len(got) == 3
-    rows = sorted(expand(msgpack.unpackb(data)), key=lambda r: r["ts"])
+    rows = sorted(expand(unpack(data)), key=lambda r: r["ts"])
     base = {"type": "request", "source": "default", "endpoint": "/a", "status": 200,
             "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0,
             "cache_write_tokens": 0, "reasoning_tokens": 0}  # fmt: skip
@@ -851,9 +867,18 @@ def _random_row(rng: random.Random, code: int) -> tuple[Any, ...]:
     return tuple(row)
 
 
+@pytest.mark.parametrize("typed", [False, True], ids=["arrays", "typed"])
 @pytest.mark.parametrize("seed", range(20))
-def test_encode_round_trip_is_exact(seed: int) -> None:
-    """Random rows of every type: the decoded rows equal the inputs minus None, in order."""
+def test_encode_round_trip_is_exact(
+    seed: int, typed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random rows of every type: the decoded rows equal the inputs minus None, in order.
+
+    ``arrays``: typed columns off, every value keeps its msgpack type. ``typed``: every batch
+    may use typed columns; an int in a column that also holds floats then arrives as the equal
+    float (the daemon reads both alike), so numbers are compared as numbers.
+    """
+    monkeypatch.setattr(_wire, "MIN_TYPED_ROWS", 1 if typed else 10**9)
     rng = random.Random(seed)
     rows = [_random_row(rng, rng.randrange(len(_wire.SPECS))) for _ in range(rng.randrange(1, 400))]
     packer = _wire.new_packer()
@@ -862,15 +887,27 @@ def test_encode_round_trip_is_exact(seed: int) -> None:
     frames = _wire.assemble(packed)
     decoded: list[dict[str, Any]] = []
     for _, parts in frames:
-        decoded.extend(expand(msgpack.unpackb(_wire.frame(parts, None, packer))))
+        data = _wire.frame(parts, None, packer)
+        has_ext = any(
+            isinstance(c, msgpack.ExtType)
+            for b in msgpack.unpackb(data, raw=False)
+            for c in b["cols"].values()
+        )
+        assert has_ext == typed  # every batch has a ts column of floats
+        decoded.extend(expand(unpack(data)))
     want = [
         {"type": _wire.SPECS[r[0]].type, "source": "src"}
         | {f: v for f, v in zip(_wire.SPECS[r[0]].fields, r[1:], strict=True) if v is not None}
         for r in rows
     ]
 
+    def value(v: Any) -> tuple[str, str]:
+        if typed and type(v) in (int, float):
+            return ("number", repr(float(v)))
+        return (type(v).__name__, repr(v))
+
     def canon(d: dict[str, Any]) -> str:  # exact, types included (1, 1.0 and True differ)
-        return repr(sorted((k, type(v).__name__, repr(v)) for k, v in d.items()))
+        return repr(sorted((k, *value(v)) for k, v in d.items()))
 
     assert sorted(map(canon, decoded)) == sorted(map(canon, want))
     # Within a type and label set, order is kept: ts of equal-label rows appear in input order.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,10 +214,11 @@ def test_alert_threshold_snippets(fresh_daemon: Daemon) -> None:
 
     streaming_tracker, error_tracker = StreamingMetricsTracker(), ErrorMetricsTracker()
     cost_tracker, api_key = CostTracker(), "sk-alerts"
-    streaming_tracker.start_stream("s-alert", "gpt-4o", prompt_tokens=10, timestamp=1000.0)
+    t0 = float(int(time.time()))  # a ts more than a day from the daemon's clock is refused
+    streaming_tracker.start_stream("s-alert", "gpt-4o", prompt_tokens=10, timestamp=t0)
     for i in range(1, 4):
-        streaming_tracker.record_token("s-alert", "x", timestamp=1000.0 + 2.5 + 0.5 * i)
-    streaming_tracker.complete_stream("s-alert", timestamp=1004.5)
+        streaming_tracker.record_token("s-alert", "x", timestamp=t0 + 2.5 + 0.5 * i)
+    streaming_tracker.complete_stream("s-alert", timestamp=t0 + 4.5)
     error_tracker.record_error("/v1/chat/completions", 503, "Overloaded", "try again later")
     cost_tracker.record_usage(api_key, "gpt-4", "/v1/chat/completions", 100_000, 50_000)
     cost_tracker.set_budget(api_key, limit=6.0)

@@ -27,7 +27,8 @@ from metricsd_client._keys import hash_key
 from metricsd_client.backend import DaemonBackend
 from metricsd_client.trackers.errors import slo_for_objective
 
-T0 = 1_700_000_000.0
+#: A whole second of today: a ts more than a day from the daemon's clock is refused.
+T0 = float(int(time.time()))
 
 
 def unique(prefix: str) -> str:
@@ -269,7 +270,7 @@ def test_config_flags_turn_writes_off(daemon: Daemon) -> None:
 
 
 def test_embedded_needs_the_daemon_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "metricsd.engine", None)
+    monkeypatch.setitem(sys.modules, "metricsd.embedded", None)
     with pytest.raises(ImportError, match="needs the metricsd package"):
         StreamingMetricsTracker(embedded=True)
 

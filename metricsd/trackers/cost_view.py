@@ -1,4 +1,5 @@
-"""Views of the cost tracker: Prometheus families and the JSON shapes of SPEC §2 and §4.6.
+"""The cost tracker frozen for a snapshot, and what is read from it: Prometheus families and
+the JSON shapes of SPEC §2 and §4.6.
 
 Amounts are exact integers of pUSD inside; JSON shows USD numbers rounded to 1e-9 and, for
 totals, ``*_usd_str`` strings with every digit; Prometheus gets the nearest float.
@@ -6,28 +7,127 @@ totals, ``*_usd_str`` strings with every digit; Prometheus gets the nearest floa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from zoneinfo import ZoneInfo
 
-from metricsd.export.prometheus import Family
-from metricsd.pricing import PICO, usd, usd_str
+import numpy as np
+
+from metricsd.budgets import Budget, period_bounds, status, used_since
+from metricsd.config import Config
+from metricsd.export.prometheus import Family, histogram_samples, render_labels
+from metricsd.pricing import PICO, PriceTable, usd, usd_str
+from metricsd.series import TableView
 from metricsd.trackers.base import UNKNOWN
 from metricsd.trackers.cost_state import HOURS_KEPT, Totals
 
 if TYPE_CHECKING:
     from metricsd.trackers.cost import CostTracker
 
-__all__ = [
-    "budgets_view",
-    "cost_families",
-    "key_view",
-    "projection",
-    "stream_view",
-    "suggestions_view",
-    "summary_view",
-]
+__all__ = ["CostView", "budget_status", "projection"]
 
 MONTH_SECONDS: Final = 30 * 86400
+ALL_KEYS: Final = "*"
 
+
+def budget_status(
+    budgets: dict[str, Budget],
+    totals_for: Any,
+    tz: ZoneInfo,
+    key_id: str,
+    wall: float,
+) -> dict[str, Any] | None:
+    """The status of SPEC §2 at ``wall`` (periods evaluated then), or None without a budget."""
+    budget = budgets.get(key_id)
+    if budget is None:
+        return None
+    first_day, start, resets = period_bounds(budget.period, wall, tz)
+    totals = totals_for(budget.key_id)
+    used = used_since(totals.days, totals.total, first_day) if totals is not None else 0
+    return status(budget, used, start, resets)
+
+
+@dataclass(frozen=True, slots=True)
+class CostView:
+    """Everything the cost tracker's readers need, frozen at one tick."""
+
+    config: Config
+    pricing: PriceTable
+    tz: ZoneInfo
+    start: float
+    wall_offset: float
+    series: TableView
+    series_total: Any
+    hist: TableView
+    hist_b: Any
+    hist_s: Any
+    all: Totals
+    keys: dict[str, Totals]
+    unpriced: dict[str, int]
+    clamped: int
+    cache_savings: dict[str, list[int]]
+    batch_savings: list[int]
+    budgets: dict[str, Budget]
+    alerts_sent: dict[str, int]
+    suggestions: dict[tuple[str, str], dict[str, Any]]
+
+    @classmethod
+    def of(cls, t: CostTracker, keys: dict[str, Totals]) -> CostView:
+        return cls(
+            t.config,
+            t.pricing,
+            t.tz,
+            t.start,
+            t.wall_offset,
+            t.series.view(),
+            t.series.arrays["total"].copy(),
+            t.hist.view(),
+            t.hist.arrays["b"].copy(),
+            t.hist.arrays["s"].copy(),
+            t.all.copy(),
+            keys,
+            dict(t.unpriced),
+            t.clamped,
+            {m: list(v) for m, v in t.cache_savings.items()},
+            list(t.batch_savings),
+            {k: _copy_budget(b) for k, b in t.budgets.items()},
+            dict(t.alerts_sent),
+            dict(t.suggestions),
+        )
+
+    def _totals_for(self, key_id: str) -> Totals | None:
+        return self.all if key_id == ALL_KEYS else self.keys.get(key_id)
+
+    def budget_status(self, key_id: str, wall: float) -> dict[str, Any] | None:
+        return budget_status(self.budgets, self._totals_for, self.tz, key_id, wall)
+
+    def summary(self, now: float, wall: float) -> dict[str, Any]:
+        return summary_view(self, now, wall)
+
+    def key(self, key_id: str, now: float, wall: float) -> dict[str, Any] | None:
+        return key_view(self, key_id, now, wall)
+
+    def budgets_view(self, wall: float) -> dict[str, Any]:
+        return budgets_view(self, wall)
+
+    def suggestions_view(self, key_id: str | None) -> list[dict[str, Any]]:
+        return suggestions_view(self, key_id)
+
+    def live(self, now: float, models: frozenset[str]) -> dict[str, Any]:
+        """The stream's ``cost`` category; a model filter narrows ``by_model`` (the totals
+        and the hourly rate are not kept per model)."""
+        view = stream_view(self, now)
+        if models:
+            view["by_model"] = {m: v for m, v in view["by_model"].items() if m in models}
+        return view
+
+    def families(self, now: float) -> list[Family]:
+        return cost_families(self, now)
+
+
+def _copy_budget(b: Budget) -> Budget:
+    return Budget(b.key_id, b.limit, b.period, b.limit_type, b.threshold, b.alert_period,
+                  set(b.alerted))
 
 def _money(name: str, pico: int) -> dict[str, Any]:
     return {f"{name}_usd": usd(pico), f"{name}_usd_str": usd_str(pico)}
@@ -68,7 +168,7 @@ def _usd_map(values: dict[str, int]) -> dict[str, float]:
     return {k: usd(v) for k, v in sorted(values.items())}
 
 
-def summary_view(tracker: CostTracker, now: float, wall: float) -> dict[str, Any]:
+def summary_view(tracker: CostView, now: float, wall: float) -> dict[str, Any]:
     """``GET /metrics/costs``."""
     t = tracker.all
     cache = [0, 0, 0, 0]
@@ -111,7 +211,7 @@ def summary_view(tracker: CostTracker, now: float, wall: float) -> dict[str, Any
     }
 
 
-def key_view(tracker: CostTracker, key_id: str, now: float, wall: float) -> dict[str, Any] | None:
+def key_view(tracker: CostView, key_id: str, now: float, wall: float) -> dict[str, Any] | None:
     """``GET /metrics/costs/keys/{key}``; None for a key never seen."""
     t = tracker.keys.get(key_id)
     if t is None:
@@ -130,7 +230,7 @@ def key_view(tracker: CostTracker, key_id: str, now: float, wall: float) -> dict
     }
 
 
-def stream_view(tracker: CostTracker, now: float) -> dict[str, Any]:
+def stream_view(tracker: CostView, now: float) -> dict[str, Any]:
     """The WebSocket ``cost`` category (SPEC §5.2): ``{total_usd, usd_per_hour, by_model}``.
 
     ``usd_per_hour``: spend in the current and the previous hour ÷ the time they cover (at
@@ -147,26 +247,42 @@ def stream_view(tracker: CostTracker, now: float) -> dict[str, Any]:
     }
 
 
-def budgets_view(tracker: CostTracker, wall: float) -> dict[str, Any]:
+def budgets_view(tracker: CostView, wall: float) -> dict[str, Any]:
     """``GET /metrics/budgets``."""
     statuses = [tracker.budget_status(k, wall) for k in sorted(tracker.budgets)]
     return {"timezone": tracker.config.cost.timezone, "budgets": [s for s in statuses if s]}
 
 
-def suggestions_view(tracker: CostTracker, key_id: str | None) -> list[dict[str, Any]]:
+def suggestions_view(tracker: CostView, key_id: str | None) -> list[dict[str, Any]]:
     """``GET /metrics/costs/suggestions``: largest savings first."""
     found = [s for (k, _t), s in tracker.suggestions.items() if key_id is None or k == key_id]
     return sorted(found, key=lambda s: (-s["potential_savings_usd"], s["key_id"]))
 
 
-def cost_families(tracker: CostTracker, now: float) -> list[Family]:
+def cost_families(tracker: CostView, now: float) -> list[Family]:
     prom = tracker.config.prometheus
     cost = Family("llm_cost_usd", "counter", "Spend in USD, by model, endpoint and key.")
-    for (model, endpoint, key), total in sorted(tracker.series.items()):
-        cost.counter(total[0] / PICO, (("model", model), ("endpoint", endpoint), ("key_id", key)))
+    view, totals = tracker.series, tracker.series_total
+    order = view.order
+    keys = [view.keys[i] for i in order]
+
+    def cost_samples(i: int) -> list[tuple[str, str, float]]:
+        key = keys[i]
+        assert key is not None
+        labels = render_labels((("model", key[0]), ("endpoint", key[1]), ("key_id", key[2])))
+        return [("_total", labels, int(totals[order[i]]) / PICO)]
+
+    cost.per_series(keys, [int(view.versions[i]) for i in order], cost_samples)
     hist = Family("llm_request_cost_usd", "histogram", "Cost of each priced request in USD.")
-    for (model,), b in sorted(tracker.hist.items()):
-        hist.histogram((("model", model),), prom.cost_buckets, b.cumulative(), b.sum / PICO)
+    for (model,), sid in tracker.hist.items():
+        hist.samples.extend(
+            histogram_samples(
+                render_labels((("model", model),)),
+                prom.cost_buckets,
+                [int(v) for v in np.cumsum(tracker.hist_b[sid])],
+                int(tracker.hist_s[sid]) / PICO,
+            )
+        )
     unpriced = Family(
         "llm_unpriced_requests", "counter", "Requests with tokens but no price (counted at 0)."
     )

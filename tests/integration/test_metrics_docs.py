@@ -102,7 +102,7 @@ async def test_every_served_family_is_in_metrics_md(naming: str) -> None:
     assert missing == [], f"families served but not in docs/metrics.md: {missing}"
     # The families each part of the daemon serves with data are all there.
     for needle in (
-        "llm_requests",
+        "llm_requests" if naming == "llm" else "metricsd_llm_requests",
         "llm_time_to_first_token_seconds" if naming == "llm" else "gen_ai_client_token_usage",
         "metricsd_custom_refused",
         "metricsd_ws_dropped_updates",

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from metricsd.config import Config
 from metricsd.export.prometheus import render_both
 from metricsd.protocol import decode
-from metricsd.trackers.custom import CustomTracker
+from metricsd.trackers.base import Ctx
+from metricsd.trackers.custom import CustomTracker, CustomView
 
 
 def metric(name: str, kind: str, value: float, **labels: str) -> dict[str, Any]:
@@ -26,12 +27,12 @@ def metric(name: str, kind: str, value: float, **labels: str) -> dict[str, Any]:
     return event
 
 
-def tracker_with(*events: dict[str, Any]) -> CustomTracker:
+def tracker_with(*events: dict[str, Any]) -> CustomView:
     tracker = CustomTracker(Config())
     tracker.reserved = frozenset({"llm_requests"})
     (batch,) = decode(msgpack.packb(list(events)), 1000.0).batches
-    tracker.apply(batch, 1.0, 1000.0)
-    return tracker
+    tracker.apply(batch, Ctx(1.0, 1000.0, 1))
+    return tracker.freeze(1.0)
 
 
 def test_a_counter_already_named_total_is_not_suffixed_again() -> None:
@@ -57,6 +58,7 @@ def test_a_counter_already_named_total_is_not_suffixed_again() -> None:
         ("queue_total", ()): 7.0,
         ("metricsd_custom_refused_total", (("reason", "kind_conflict"),)): 2.0,
         ("metricsd_custom_refused_total", (("reason", "reserved_name"),)): 2.0,
+        ("metricsd_custom_refused_total", (("reason", "too_many_names"),)): 0.0,
     }
     assert b"_total_total" not in text and b"_total_total" not in om
     kinds = {fam.name: fam.type for fam in parse_openmetrics(om.decode())}

@@ -29,7 +29,7 @@ import zmq.asyncio
 from aiohttp import web
 
 from metricsd import persist
-from metricsd.config import Config, ConfigError, split_host_port
+from metricsd.config import Config, ConfigError, split_host_port, worker_count
 from metricsd.export.otlp import OtlpPush, require_sdk
 from metricsd.export.prometheus import RenderCache, render_both
 from metricsd.ingest import Ingest
@@ -43,14 +43,13 @@ from metricsd.web.hub import Hub
 from metricsd.web.server import LimitedRunner, install_accept_guard, raise_fd_limit
 from metricsd.webhook import WebhookSender
 from metricsd.wiring import build_engine
+from metricsd.workers import WorkerPool
 
 __all__ = ["Daemon", "check_exposure", "preflight", "run"]
 
 log = logging.getLogger("metricsd")
 T = TypeVar("T")
 
-#: With no scrape for this long, the exposition is rendered on demand instead of every tick.
-SCRAPER_GONE_SECONDS = 60.0
 #: The engine thread is unhealthy (for the watchdog) when a turn of its loop has not started
 #: for this long: a wake-up is bounded to a fraction of a second, a tick to about one.
 STUCK_SECONDS = 30.0
@@ -111,7 +110,7 @@ class Daemon:
         self.reload_config = reload_config
         self.clock = Clock()
         self.engine = build_engine(config, self.clock(), time.time())
-        self.trackers = {t.name: t for t in self.engine.trackers}
+        self.trackers: dict[str, Any] = {t.name: t for t in self.engine.trackers}
         self.context = zmq.asyncio.Context()
         self.ingest = Ingest(config.ingest, self.engine, self.context, clock=self.clock)
         self.hub = Hub(config.http, self.run_read, self.latest, clock=self.clock)
@@ -125,12 +124,13 @@ class Daemon:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reads = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="metricsd-read")
-        self._render = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metricsd-render")
+        self._render = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="metricsd-render"
+        )
         self._render_cache = RenderCache()
         self._latest: Snapshot | None = None
         self._waiters: list[tuple[int, asyncio.Future[Snapshot]]] = []
         self.ready = False
-        self.last_scrape = -1e18
         self._save_pending = False
         self._saving = False
         self.saves = 0
@@ -140,10 +140,11 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.notifier = Notifier()
         self.curve: IngestCurve | None = None
+        self.pool: WorkerPool | None = None
         self.otlp: OtlpPush | None = None
-        cost = self.trackers.get("cost")
-        if cost is not None:
-            cost.on_budget_change = self._budget_changed
+        cost_tracker = self.trackers.get("cost")
+        if cost_tracker is not None:
+            cost_tracker.on_budget_change = self._budget_changed
 
     # --- the Source of the web layer ------------------------------------------------------
 
@@ -157,7 +158,6 @@ class Daemon:
         return await self.run(fn)
 
     async def exposition(self, snap: Snapshot, openmetrics: bool) -> bytes:
-        self.last_scrape = self.clock()
         text, om = await asyncio.get_running_loop().run_in_executor(
             self._render, self._render_snapshot, snap
         )
@@ -165,15 +165,21 @@ class Daemon:
 
     def _render_snapshot(self, snap: Snapshot) -> tuple[bytes, bytes]:
         """Text and OpenMetrics of a snapshot, rendered once (series lines cached across
-        snapshots: only the series that changed are rendered again)."""
+        snapshots: only the series that changed are rendered again). A scrape that waited
+        behind another render gets the newest snapshot, so a backlog never renders stale ones."""
+        latest = self._latest
+        if latest is not None and latest.tick > snap.tick:
+            snap = latest
         found = snap._exposition.get("both")
         if found is None:
             found = render_both(snap.families(extra=self._extra_families()), self._render_cache)
             snap._exposition["both"] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     def _extra_families(self) -> list[Any]:
         out = self.hub.families()
+        if self.pool is not None:
+            out.extend(self.pool.families())
         if self.webhook is not None:
             out.extend(self.webhook.families(0.0))
         return out
@@ -211,9 +217,9 @@ class Daemon:
             for alert in snap.alerts:
                 if alert.get("type") == "budget_alert":
                     self.webhook.submit(alert)
-        if self.clock() - self.last_scrape <= SCRAPER_GONE_SECONDS:
-            # Someone scrapes: render now, off the loop, so the next scrape is served at once.
-            self._render.submit(self._render_snapshot, snap)
+        # The exposition is rendered when a scrape asks for it, not here: a snapshot nobody
+        # scrapes costs nothing to render, and the series cache keeps a scrape's render to the
+        # series that changed since the last one.
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -253,13 +259,17 @@ class Daemon:
             handle_signals=False,
         )
         await self.app_runner.setup()
-        site = web.TCPSite(
-            self.app_runner, host, port, reuse_address=True, ssl_context=ssl_context
-        )
+        site = web.TCPSite(self.app_runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         bound = self._bound_address(site, host, port)
         self.http_url = f"{'https' if ssl_context else 'http'}://{bound}"
         self._latest = self.engine.snapshot(self.clock(), time.time())
+        workers = worker_count(self.config.engine)
+        if workers > 1:
+            self.pool = WorkerPool(workers, self.engine.limits, self.engine, self.clock)
+            self.pool.start()
+            self.runner.pool = self.pool
+            log.info("decoding in %d worker processes", workers)
         self.runner.start()
         self.ready = True
         if self.config.state.path:
@@ -362,7 +372,10 @@ class Daemon:
         self.ingest.engine = self.engine
         self.ingest.now = self.clock
         self.runner = EngineThread(
-            self.engine, self.ingest, self.clock, self.config.engine.tick,
+            self.engine,
+            self.ingest,
+            self.clock,
+            self.config.engine.tick,
             self._publish_threadsafe,
         )
         cost = self.trackers.get("cost")
@@ -456,6 +469,8 @@ class Daemon:
             await asyncio.get_running_loop().run_in_executor(None, self.runner.stop)
         else:
             self.runner.stop()
+        if self.pool is not None:
+            self.pool.stop()
         drained, left = self.runner.drained
         if drained:
             log.info("applied %d frames left in the socket at shutdown", drained)

@@ -101,7 +101,10 @@ class Groups:
         """Per-group float sums (exact for integers below 2**53)."""
         if self.codes is None:
             return np.array([float(values.sum())])
-        return np.bincount(self.codes, weights=values, minlength=len(self.keys))
+        out: npt.NDArray[np.float64] = np.bincount(
+            self.codes, weights=values, minlength=len(self.keys)
+        ).astype(np.float64, copy=False)
+        return out
 
 
 class Batch:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "ConfigError", "load_config", "worker_count"]
 
 DEFAULT_HTTP: Final = "127.0.0.1:9465"
 DEFAULT_INGEST: Final = "tcp://127.0.0.1:5557"
@@ -150,6 +150,9 @@ class StateConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     tick: float = 0.5
+    #: Decode processes (``--workers``): 1 decodes on the engine thread, N > 1 in N worker
+    #: processes, ``"auto"`` one per core the daemon may use.
+    workers: int | str = 1
     slot_seconds: float = 10.0
     significant_figures: int = 2
     recent_size: int = 1000
@@ -415,6 +418,7 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{path}: must be ≥ 1, got {ivalue!r}")
     if config.ingest.heartbeat < 0:
         raise ConfigError(f"ingest.heartbeat: must be ≥ 0, got {config.ingest.heartbeat!r}")
+    worker_count(config.engine)  # raises on a bad value
     if config.engine.significant_figures not in (1, 2, 3):
         raise ConfigError("engine.significant_figures: must be 1, 2 or 3")
     if config.log.level.lower() not in _LEVELS:
@@ -481,10 +485,27 @@ def split_host_port(value: str, path: str = "http.listen") -> tuple[str, int]:
 # --- building a Config from layers of plain data ----------------------------------------------
 
 
+def worker_count(engine: EngineConfig) -> int:
+    """The decode processes ``engine.workers`` asks for (``auto``: the cores this process may
+    run on); raises :class:`ConfigError` for anything but a positive count or ``auto``."""
+    value = engine.workers
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        if not text.isdigit():
+            raise ConfigError(f"engine.workers: must be a count or 'auto', got {value!r}")
+        value = int(text)
+    if isinstance(value, bool) or not 1 <= value <= 256:
+        raise ConfigError(f"engine.workers: must be 1 to 256 or 'auto', got {value!r}")
+    return value
+
+
 def _coerce(path: str, tp: Any, value: Any, from_text: bool) -> Any:
     """Convert ``value`` to the field type ``tp``; raise ConfigError naming ``path``."""
     origin = typing.get_origin(tp)
-    if from_text and isinstance(value, str) and tp is not str:
+    textual = tp is str or set(typing.get_args(tp)) == {int, str}
+    if from_text and isinstance(value, str) and not textual:
         # Environment variables are text: lists, maps, numbers and booleans come as JSON.
         if tp is bool:
             lowered = value.strip().lower()
@@ -516,6 +537,10 @@ def _coerce(path: str, tp: Any, value: Any, from_text: bool) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if set(typing.get_args(tp)) == {int, str}:  # a count or a word (``workers = "auto"``)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{path}: expected an integer or a string, got {value!r}")
         return value
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         # An element of an array of tables (``[[slo]]``): a table merged onto the defaults.

@@ -48,6 +48,8 @@ from metricsd.validate import (
 __all__ = ["PROTOCOL_VERSION", "REASONS", "TYPED_COLUMNS", "DecodeResult", "Decoder", "decode"]
 
 PROTOCOL_VERSION: Final = 1
+#: The limits when the caller gives none (tests, tools): the configuration's defaults.
+DEFAULT_LIMITS: Final = Limits()
 REASONS: Final = (
     "decode",
     "version",
@@ -116,7 +118,7 @@ class _Part:
         self.present = present
 
 
-def decode(frame: bytes, now: float, limits: Limits = Limits()) -> DecodeResult:
+def decode(frame: bytes, now: float, limits: Limits | None = None) -> DecodeResult:
     """Decode and validate one frame. Never raises; see the module docstring."""
     decoder = Decoder(now, limits)
     decoder.add(frame)
@@ -128,9 +130,9 @@ class Decoder:
 
     __slots__ = ("_parts", "_plain", "frames", "limits", "now", "result")
 
-    def __init__(self, now: float, limits: Limits = Limits()) -> None:
+    def __init__(self, now: float, limits: Limits | None = None) -> None:
         self.now = now
-        self.limits = limits
+        self.limits = limits or DEFAULT_LIMITS
         self.result = DecodeResult()
         self._parts: dict[str, list[_Part]] = {}
         self._plain: dict[str, list[dict[Any, Any]]] = {}
@@ -183,8 +185,9 @@ class Decoder:
             raise _Reject("shape")
         # One pass sorts the elements and counts the events; nothing is kept before the count
         # is known, so a frame over the limit is rejected whole.
-        staged: list[tuple[str, dict[Any, Any]]] = []
-        columnar: list[tuple[int, dict[Any, Any]]] = []
+        # (type, event) for an event as a map, (None, batch) with its count for a columnar one;
+        # kept in the frame's order, which is the order rows are applied in.
+        staged: list[tuple[str | None, dict[Any, Any], int]] = []
         shape = version = unknown = total = 0
         for element in elements:
             if type(element) is not dict:
@@ -192,7 +195,7 @@ class Decoder:
                 total += 1
             elif "cols" in element or "const" in element:
                 k, ok = _measure(element)
-                columnar.append((k if ok else -k, element))
+                staged.append((None, element, k if ok else -k))
                 total += k
             else:
                 total += 1
@@ -200,7 +203,7 @@ class Decoder:
                 if not _is_version(element.get("v", PROTOCOL_VERSION)):
                     version += 1
                 elif type(type_name) is str and type_name in EVENT_TYPES:
-                    staged.append((type_name, element))
+                    staged.append((type_name, element, 1))
                 elif type_name is None:
                     shape += 1
                 else:
@@ -215,17 +218,18 @@ class Decoder:
         if unknown:
             rejected["unknown_type"] += unknown
         plain = self._plain
-        for type_name, element in staged:
+        for type_name, element, n in staged:
+            if type_name is None:
+                try:
+                    self._columnar(element, n)
+                except _Reject as exc:
+                    rejected[exc.reason] += exc.count
+                continue
             bucket = plain.get(type_name)
             if bucket is None:
                 plain[type_name] = [element]
             else:
                 bucket.append(element)
-        for n, element in columnar:
-            try:
-                self._columnar(element, n)
-            except _Reject as exc:
-                rejected[exc.reason] += exc.count
 
     def _columnar(self, obj: dict[Any, Any], n: int) -> None:
         """Check a columnar batch's structure and pool it; its values are checked in finish.
@@ -257,11 +261,12 @@ class Decoder:
         else:
             merged = const  # only type, v, cols and const: the constants as sent
         bucket = self._parts.get(type_name)
-        part = _Part(n, merged, cols)
         if bucket is None:
-            self._parts[type_name] = [part]
-        else:
-            bucket.append(part)
+            bucket = self._parts[type_name] = []
+        earlier = self._plain.pop(type_name, None)
+        if earlier:  # events of this type sent as maps before this batch: they come first
+            bucket.append(_plain_part(type_name, earlier))
+        bucket.append(_Part(n, merged, cols))
 
     def finish(self) -> DecodeResult:
         """Validate everything pooled; the result holds one batch per type and every reject."""
@@ -363,6 +368,8 @@ def _not_none_value(value: Any) -> bool:
 
 def _both_absent(col: Any, const: Any) -> bool:
     return col is None and const is _ABSENT
+
+
 #: What stands in for an absent value inside a column until it is replaced by the default (a
 #: value of the right type, so the column keeps its vectorised path).
 _FILLER: Final[dict[str, Any]] = {
@@ -421,9 +428,7 @@ class _Ctx:
             return self.per_part(list(map(_both_absent, colv, constv)))
         absent = list(map(_both_absent, colv, constv))
         masks = [
-            np.full(p.n, gone)
-            if p.present is None or name not in p.present
-            else ~p.present[name]
+            np.full(p.n, gone) if p.present is None or name not in p.present else ~p.present[name]
             for p, gone in zip(self.parts, absent, strict=True)
         ]
         return np.concatenate(masks)
@@ -539,7 +544,7 @@ def _check_consts(
             )
     else:  # booleans, maps, lists: each part on its own
         found = []
-        for p, raw, col in zip(ctx.parts, constv, colv, strict=True):
+        for raw, col in zip(constv, colv, strict=True):
             if raw is _ABSENT or col is not None:
                 found.append((default, True))
                 continue
@@ -600,8 +605,7 @@ def _numeric(
     nil_parts = [c is None and raw is None for c, raw in zip(colv, constv, strict=True)]
     filler0 = _FILLER[fdef.kind]
     if not any(map(_not_none, colv)):
-        clean = [filler0 if (v is None or not ok) else v for v, ok in zip(values, oks,
-                                                                          strict=True)]
+        clean = [filler0 if (v is None or not ok) else v for v, ok in zip(values, oks, strict=True)]
         if any(bad_parts):
             ctx.reject(ctx.per_part(bad_parts), _BAD_VALUE)
         first = clean[0]
@@ -675,13 +679,12 @@ def _assemble(
             except (ValueError, OverflowError, TypeError):
                 return None
         else:
-            joined = chosen[0] if len(chosen) == 1 else np.concatenate(chosen)
+            joined = np.asarray(chosen[0]) if len(chosen) == 1 else np.concatenate(chosen)
         if joined.dtype.kind not in "iuf" or joined.ndim != 1:
             return None  # text, or a typed bool column given for a number: value by value
         pieces.append(joined)
         masks.append(
-            None if len(chosen) == len(colv)
-            else ctx.per_part([type(c) is kind for c in colv])
+            None if len(chosen) == len(colv) else ctx.per_part([type(c) is kind for c in colv])
         )
     if len(pieces) == 1 and masks[0] is None:
         return pieces[0]
@@ -724,8 +727,9 @@ def _label(ctx: _Ctx, fdef: Field, colv: list[Any], constv: list[Any]) -> Any:
         # Constants only (the emitter's labels): one dictionary pass for every part.
         distinct = list(dict.fromkeys(constv))
         raw_index = {v: i for i, v in enumerate(distinct)}
-        raw_codes = np.fromiter(map(raw_index.__getitem__, constv), dtype=np.intp,
-                                count=len(constv))
+        raw_codes = np.fromiter(
+            map(raw_index.__getitem__, constv), dtype=np.intp, count=len(constv)
+        )
         raws = [None if v is _ABSENT else v for v in distinct]
         remap, values, bad_codes, trunc_codes = _check_labels(ctx, fdef, raws)
         if bad_codes.any():
@@ -779,7 +783,8 @@ def _label(ctx: _Ctx, fdef: Field, colv: list[Any], constv: list[Any]) -> Any:
     if trunc_codes.any():  # strings counted as they came: per column row, per constant sent
         from_columns = ctx.per_part([c is not None for c in colv])
         rows = codes if from_columns is None else codes[from_columns]
-        ctx.truncated[0] += int(np.count_nonzero(trunc_codes[rows])) if from_columns is not None else 0
+        if from_columns is not None:
+            ctx.truncated[0] += int(np.count_nonzero(trunc_codes[rows]))
         ctx.truncated[0] += sum(1 for c in const_codes if trunc_codes[c])
     return Cat(remap[codes], values)
 
@@ -859,8 +864,10 @@ def _objects(
         bads.append(bad_rows)
     if any(b is not None for b in bads):
         mask = np.concatenate(
-            [np.zeros(p.n, dtype=bool) if b is None else b for p, b in zip(parts, bads,
-                                                                             strict=True)]
+            [
+                np.zeros(p.n, dtype=bool) if b is None else b
+                for p, b in zip(parts, bads, strict=True)
+            ]
         )
         if missing is not None:
             mask &= ~missing
@@ -873,8 +880,7 @@ def _objects(
         return arr
     joined: list[Any] = pieces[0] if len(pieces) == 1 else [v for pc in pieces for v in pc]
     if missing is not None:
-        joined = [fdef.default if m else v for v, m in zip(joined, missing.tolist(),
-                                                          strict=True)]
+        joined = [fdef.default if m else v for v, m in zip(joined, missing.tolist(), strict=True)]
     return joined
 
 

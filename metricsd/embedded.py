@@ -56,7 +56,7 @@ class Embedded:
         self.config = config
         only = frozenset({"cost"}) if cost_only else None
         self.engine = build_engine(config, time.monotonic(), time.time(), only)
-        self._trackers = {t.name: t for t in self.engine.trackers}
+        self._trackers: dict[str, Any] = {t.name: t for t in self.engine.trackers}
 
     @property
     def events_received(self) -> int:

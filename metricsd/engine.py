@@ -249,4 +249,3 @@ class Engine:
                 setattr(self, name, Counter(r.counts(m[name], name, limit)))
             else:
                 setattr(self, name, r.int(m[name], name, 0))
-

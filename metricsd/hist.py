@@ -30,6 +30,7 @@ __all__ = [
     "bucket_counts",
     "exact_sums",
     "exact_value",
+    "exact_values",
     "group_quantiles",
     "quantiles_from_counts",
 ]
@@ -178,6 +179,11 @@ def exact_sums(
 def exact_value(total: Any) -> float:
     """An exact sum back as the nearest float."""
     return math.ldexp(float(int(total)), -EXACT_SHIFT)
+
+
+def exact_values(totals: npt.NDArray[Any]) -> FloatArray:
+    """:func:`exact_value` of each of an object array of exact sums (the same floats)."""
+    return np.ldexp(totals.astype(np.float64), -EXACT_SHIFT)
 
 
 def group_quantiles(

@@ -28,12 +28,9 @@ DEFAULT_ERROR_TYPE: Final = "http_error"
 #: Status codes exported as themselves; any other code in 100-599 is folded into its class
 #: (``5xx``), anything else is ``other`` (SPEC §8: every label value is bounded). The set is
 #: fixed, not learnt from traffic, so every process of a daemon labels alike.
+_SPECIAL: Final = (100, 101, 102, 103, 226, 421, 422, 423, 424, 425, 426, 428, 429, 431, 451, 499)
 _EXACT: Final = frozenset(
-    [100, 101, 102, 103, 226, 421, 422, 423, 424, 425, 426, 428, 429, 431, 451, 499]
-    + list(range(200, 209))
-    + list(range(300, 309))
-    + list(range(400, 419))
-    + list(range(500, 512))
+    (*_SPECIAL, *range(200, 209), *range(300, 309), *range(400, 419), *range(500, 512))
 )
 
 
@@ -61,7 +58,7 @@ def status_column(batch: Batch) -> npt.NDArray[np.int64]:
         else:
             found = np.full(batch.n, int(value), dtype=np.int64)
         cache["status"] = found
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def status_labels(batch: Batch) -> Cat:
@@ -71,7 +68,7 @@ def status_labels(batch: Batch) -> Cat:
     if found is None:
         status = status_column(batch)
         lo, hi = (int(status.min()), int(status.max())) if status.size else (0, 0)
-        if status.size and 0 <= lo and hi < 1024:
+        if status.size and lo >= 0 and hi < 1024:
             # The usual case: a dense table over the codes present, no sort.
             present = np.flatnonzero(np.bincount(status, minlength=hi + 1))
             lookup = np.zeros(hi + 1, dtype=np.intp)
@@ -85,7 +82,7 @@ def status_labels(batch: Batch) -> Cat:
         if len(set(labels)) != len(labels):
             found = found.mapped(lambda v: v)
         cache["status_label"] = found
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _set(value: Any, n: int) -> npt.NDArray[np.bool_]:
@@ -105,4 +102,4 @@ def is_error(batch: Batch) -> npt.NDArray[np.bool_]:
     if found is None:
         found = (status_column(batch) >= 400) | _set(batch.get("error_type"), batch.n)
         cache["is_error"] = found
-    return found  # type: ignore[no-any-return]
+    return found

@@ -23,6 +23,7 @@ Three things keep a restore exact and safe:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -107,8 +108,10 @@ def _plain(value: Any) -> Any:
     """A tracker's state → msgpack-able plain values (arrays as typed maps)."""
     if isinstance(value, np.ndarray):
         if value.dtype == object:  # Python ints beyond int64: decimal strings
-            return {"ints": [str(int(v)) for v in value.ravel().tolist()],
-                    "shape": list(value.shape)}
+            return {
+                "ints": [str(int(v)) for v in value.ravel().tolist()],
+                "shape": list(value.shape),
+            }
         arr = np.ascontiguousarray(value)
         dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         return {"dtype": dtype.str, "shape": list(arr.shape), "data": arr.astype(dtype).tobytes()}
@@ -134,7 +137,8 @@ def encode(trackers: dict[str, Any], config: Config, now: float, wall: float) ->
         "saved_wall": wall,
         "trackers": _plain(trackers),
     }
-    return MAGIC + msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return MAGIC + packed
 
 
 def write_atomic(path: Path, data: bytes) -> int:
@@ -194,8 +198,12 @@ def load(path: str | os.PathLike[str], config: Config) -> Loaded:
         raise StateError("not a metricsd state file (or one of an older format)")
     try:
         body = msgpack.unpackb(
-            data[len(MAGIC) :], raw=False, strict_map_key=True, use_list=True,
-            max_bin_len=1 << 31, max_str_len=1 << 24,
+            data[len(MAGIC) :],
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=1 << 31,
+            max_str_len=1 << 24,
         )
     except Exception as exc:  # truncated or tampered data: any msgpack error
         raise StateError(f"unreadable state: {type(exc).__name__}") from None
@@ -279,23 +287,25 @@ class Reader:
             raise self.fail("not a number", path)
         return float(value)
 
-    def opt_float(self, value: Any, path: str) -> float | None:
+    def opt_float(self, value: Any, path: builtins.str) -> builtins.float | None:
         return None if value is None else self.float(value, path)
 
-    def str(self, value: Any, path: str, limit: int = 1 << 16) -> str:
+    def str(self, value: Any, path: builtins.str, limit: builtins.int = 1 << 16) -> builtins.str:
         if not isinstance(value, str) or len(value) > limit:
             raise self.fail("not a string (or too long)", path)
         return value
 
-    def opt_str(self, value: Any, path: str) -> str | None:
+    def opt_str(self, value: Any, path: builtins.str) -> builtins.str | None:
         return None if value is None else self.str(value, path)
 
-    def bool(self, value: Any, path: str) -> bool:
+    def bool(self, value: Any, path: builtins.str) -> builtins.bool:
         if not isinstance(value, bool):
             raise self.fail("not a boolean", path)
         return value
 
-    def counts(self, value: Any, path: str, limit: int = MAX_ITEMS) -> dict[str, int]:
+    def counts(
+        self, value: Any, path: builtins.str, limit: builtins.int = MAX_ITEMS
+    ) -> dict[builtins.str, builtins.int]:
         """A map of label → non-negative integer."""
         out: dict[str, int] = {}
         for k, v in self.map(value, path).items():
@@ -307,10 +317,10 @@ class Reader:
     def array(
         self,
         value: Any,
-        path: str,
+        path: builtins.str,
         dtype: Any,
-        tail: tuple[int, ...] = (),
-        exact: bool = False,
+        tail: tuple[builtins.int, ...] = (),
+        exact: builtins.bool = False,
     ) -> npt.NDArray[Any]:
         """A numeric array of the given dtype and trailing shape (Python-int arrays are
         allowed where ``exact`` integers may exceed int64)."""
@@ -352,7 +362,9 @@ class Reader:
             raise self.fail("not a boolean array", path)
         return arr.astype(want)
 
-    def keys(self, value: Any, path: str, arity: int) -> list[tuple[Any, ...]]:
+    def keys(
+        self, value: Any, path: builtins.str, arity: builtins.int
+    ) -> builtins.list[tuple[Any, ...]]:
         """Label tuples: lists of ``arity`` strings (None allowed)."""
         out = []
         for i, key in enumerate(self.list(value, path)):
@@ -361,4 +373,3 @@ class Reader:
                 raise self.fail(f"a key of {len(items)} labels, not {arity}", path)
             out.append(tuple(None if v is None else self.str(v, path, 4096) for v in items))
         return out
-

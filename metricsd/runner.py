@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -30,6 +31,7 @@ import zmq
 from metricsd.engine import Engine
 from metricsd.ingest import Ingest
 from metricsd.snapshot import Snapshot
+from metricsd.workers import WorkerPool
 
 __all__ = ["EngineThread"]
 
@@ -50,9 +52,12 @@ class EngineThread:
         tick: float,
         publish: Callable[[Snapshot], None],
         extra: Callable[[], dict[str, Any]] | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.engine = engine
         self.ingest = ingest
+        #: Decode worker processes (``--workers N``), or None to decode on this thread.
+        self.pool = pool
         self.clock = clock
         self.tick_interval = tick
         self.publish = publish
@@ -125,6 +130,9 @@ class EngineThread:
         if ingest is not None:
             poller.register(ingest.sync, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        pool = self.pool
+        if pool is not None:
+            poller.register(pool.results, zmq.POLLIN)
         limit = ingest.config.max_frames_per_wakeup if ingest is not None else 0
         next_tick = time.monotonic() + self.tick_interval
         while not self._stopping.is_set():
@@ -135,17 +143,31 @@ class EngineThread:
                 # A fixed rate: the time a tick takes does not stretch the period.
                 next_tick = max(next_tick + self.tick_interval, time.monotonic())
             wait = max(0.0, next_tick - time.monotonic())
-            events = dict(poller.poll(wait * 1000))
+            if pool is not None:
+                if ingest is not None:  # read the socket only while a worker can take a chunk
+                    poller.modify(ingest.sync, zmq.POLLIN if pool.has_room() else 0)
+                if pool.backlog:
+                    wait = 0.0
+            events = dict(poller.poll(math.ceil(wait * 1000)))
             if self._wake_r in events:
                 with contextlib.suppress(BlockingIOError, OSError):
                     os.read(self._wake_r, 4096)
-            if ingest is not None and ingest.sync in events:
-                try:
+            try:
+                if pool is not None:
+                    if pool.results in events or pool.backlog:
+                        pool.collect(WAKEUP_BUDGET)
+                    if ingest is not None and ingest.sync in events:
+                        pool.forward(ingest.sync, WAKEUP_BUDGET)
+                elif ingest is not None and ingest.sync in events:
                     ingest.receive(limit, WAKEUP_BUDGET)
-                except Exception:  # a tracker bug must not stop ingest; it is logged
-                    log.exception("error applying a frame")
+            except Exception:  # a tracker bug must not stop ingest; it is logged
+                log.exception("error applying a frame")
         if ingest is not None:
-            self.drained = ingest.drain()
+            if pool is not None:
+                ingest.unbind_all()
+                self.drained = pool.drain(ingest.sync, ingest.config.drain_timeout)
+            else:
+                self.drained = ingest.drain()
         self._run_commands()
         self._tick()
 
@@ -163,6 +185,11 @@ class EngineThread:
                 future.set_exception(exc)
 
     def _tick(self) -> None:
+        if self.pool is not None:
+            try:
+                self.pool.check()
+            except Exception:
+                log.exception("error checking the decode workers")
         try:
             snap = self.engine.snapshot(
                 self.clock(), time.time(), self.extra() if self.extra else None

@@ -15,7 +15,7 @@ A :class:`SeriesTable` gives every label tuple a small integer id, so a tracker 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -28,9 +28,12 @@ _START: Final = 16
 
 
 class TableView:
-    """A frozen copy of a table's keys and versions (what a snapshot holds)."""
+    """A frozen copy of a table's keys and versions (what a snapshot holds).
 
-    __slots__ = ("ids", "keys", "order", "versions")
+    ``order``, ``ordered`` and ``ids`` are shared by the views of one table until a series is
+    added or dropped: a renderer recognises an unchanged set of series by identity."""
+
+    __slots__ = ("ids", "keys", "memo", "order", "order_ids", "ordered", "versions")
 
     def __init__(self, keys: list[tuple[Any, ...] | None], versions: npt.NDArray[np.int64]) -> None:
         self.keys = keys
@@ -39,7 +42,25 @@ class TableView:
         live = [(k, i) for i, k in enumerate(keys) if k is not None]
         live.sort(key=_sort_key)
         self.order = [i for _k, i in live]
+        self.order_ids = np.array(self.order, dtype=np.intp)
+        #: The live keys in that order.
+        self.ordered: list[tuple[Any, ...]] = [k for k, _i in live]
         self.ids = {k: i for k, i in live}
+        #: Groupings derived from the keys alone (shared like ``order``), see :meth:`derived`.
+        self.memo: dict[str, Any] = {}
+
+    def derived(self, name: str, build: Callable[[TableView], Any]) -> Any:
+        """``build(self)``, computed once per set of series: views share the result until a
+        series is added or dropped, so per-tick readers skip the walk over every key. (Two
+        threads may both build it the first time; either result is the same.)"""
+        found = self.memo.get(name)
+        if found is None:
+            found = self.memo[name] = build(self)
+        return found
+
+    def ordered_versions(self) -> npt.NDArray[np.int64]:
+        """The versions of the live series, in ``order``."""
+        return self.versions[self.order_ids]
 
     def items(self) -> list[tuple[tuple[Any, ...], int]]:
         keys = self.keys
@@ -180,7 +201,7 @@ class SeriesTable:
         stale = live[self.last_seen[live] < now - self.ttl]
         if stale.size == 0:
             return []
-        dropped = stale.tolist()
+        dropped: list[int] = stale.tolist()
         self.drop(dropped, now)
         return dropped
 
@@ -216,8 +237,11 @@ class SeriesTable:
             self._view = TableView(list(self.keys), self.versions.copy())
             self._view_shape = self.shape
             return self._view
+        cached = self._view
         view = TableView.__new__(TableView)
-        view.keys, view.order, view.ids = self._view.keys, self._view.order, self._view.ids
+        view.keys, view.order, view.ids = cached.keys, cached.order, cached.ids
+        view.order_ids, view.ordered = cached.order_ids, cached.ordered
+        view.memo = cached.memo
         view.versions = self.versions.copy()
         return view
 

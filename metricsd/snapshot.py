@@ -95,9 +95,7 @@ class Snapshot:
 
     # --- Prometheus -----------------------------------------------------------------------
 
-    def families(
-        self, *, canonical: bool = False, extra: Iterable[Family] = ()
-    ) -> list[Family]:
+    def families(self, *, canonical: bool = False, extra: Iterable[Family] = ()) -> list[Family]:
         """Every family, as /metrics serves it: with ``prometheus.naming = "otel"`` under the
         Prometheus translation of the OpenTelemetry names unless ``canonical`` (what the OTLP
         exporter maps itself). ``extra``: families of the serving side (WebSocket, webhook)."""

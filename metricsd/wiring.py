@@ -37,8 +37,9 @@ def build_engine(
         trackers = [t for t in trackers if t.name in only]
     engine = Engine(config, trackers)
     # A custom metric may not take the name of a built-in family.
-    names = {f.name for part in engine.snapshot(start, wall).parts.values()
-             for f in part.families(start)}
+    names = {
+        f.name for part in engine.snapshot(start, wall).parts.values() for f in part.families(start)
+    }
     custom.reserved = frozenset(names - {"metricsd_custom_refused"}) | _SELF_NAMES
     engine.ticks = 0
     return engine

@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 __all__ = [
     "CONTENT_TYPE_OPENMETRICS",
     "CONTENT_TYPE_TEXT",
@@ -57,6 +60,8 @@ def with_label(rendered: str, name: str, value: str) -> str:
 
 
 Sample = tuple[str, str, float]
+#: Per-series versions: a list or an integer array.
+Versions = Sequence[int] | npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,7 @@ class SeriesSamples:
     """
 
     keys: Sequence[Any]
-    versions: Sequence[int]
+    versions: Versions
     make: Callable[[int], list[Sample]]
 
     def expand(self) -> list[Sample]:
@@ -118,10 +123,25 @@ class Family:
         self.samples.extend(histogram_samples(render_labels(labels), bounds, cumulative, total))
 
     def per_series(
-        self, keys: Sequence[Any], versions: Sequence[int], make: Callable[[int], list[Sample]]
+        self, keys: Sequence[Any], versions: Versions, make: Callable[[int], list[Sample]]
     ) -> Family:
         self.series = SeriesSamples(keys, versions, make)
         return self
+
+    def per_label(
+        self, label: str, counts: dict[str, int], suffix: str = "", scale: float = 1.0
+    ) -> Family:
+        """One sample per entry of ``counts`` (an integer per label value, shown divided by
+        ``scale``): the integer itself is the entry's version, so a renderer with a cache only
+        renders the entries that moved, however many thousands there are."""
+        names = sorted(counts)
+        values = [counts[n] for n in names]
+
+        def make(i: int) -> list[Sample]:
+            value = values[i] / scale if scale != 1.0 else values[i]
+            return [(suffix, render_labels(((label, names[i]),)), value)]
+
+        return self.per_series(names, values, make)
 
 
 def histogram_samples(
@@ -175,46 +195,72 @@ def _lines(name: str, samples: Iterable[Sample]) -> str:
 
 
 class RenderCache:
-    """Rendered lines of each series of each family, with the version they were made at.
+    """Rendered lines of each series of each family, kept from one render to the next.
 
-    Kept by whoever renders exposition snapshot after snapshot; a series whose version has not
-    moved is not rendered again. Entries of series that went away are dropped once they make up
-    half the cache.
+    Kept by whoever renders exposition snapshot after snapshot. A series whose version has not
+    moved is not rendered again; when a family's series are the same as last time (the same
+    key list, which a table shares between snapshots until a series is added or dropped), the
+    changed ones are found with one array comparison, so an unchanged family of 10 000 series
+    costs a comparison and a join, not 10 000 lookups. Entries of series that went away are
+    dropped once they make up half the cache.
     """
 
-    __slots__ = ("_lines", "_live")
+    __slots__ = ("_chunks", "_fast", "_live")
 
     def __init__(self) -> None:
-        self._lines: dict[tuple[str, Any], tuple[int, str]] = {}
+        #: (family, series key) → (version, rendered lines)
+        self._chunks: dict[tuple[str, Any], tuple[int, bytes]] = {}
+        #: family → (key list, versions, rendered lines per series, joined body)
+        self._fast: dict[str, tuple[Sequence[Any], np.ndarray[Any, Any], list[bytes], bytes]] = {}
         self._live = 0
 
-    def body(self, fam: Family) -> str:
-        parts: list[str] = []
+    def body(self, fam: Family) -> bytes:
+        parts: list[bytes] = []
         if fam.samples:
-            parts.append(_lines(fam.name, fam.samples))
+            parts.append(_lines(fam.name, fam.samples).encode("utf-8"))
         series = fam.series
         if series is not None:
-            lines = self._lines
-            name = fam.name
-            make = series.make
-            versions = series.versions
-            for i, key in enumerate(series.keys):
-                version = versions[i]
-                hit = lines.get((name, key))
+            body = self._series_body(fam.name, series)
+            if body:
+                parts.append(body)
+            self._live += len(series.keys)
+        return b"\n".join(parts)
+
+    def _series_body(self, name: str, series: SeriesSamples) -> bytes:
+        keys = series.keys
+        versions = np.asarray(series.versions)
+        make = series.make
+        chunks_cache = self._chunks
+        fast = self._fast.get(name)
+        if fast is not None and fast[0] is keys and len(fast[1]) == len(versions):
+            changed = np.flatnonzero(versions != fast[1])
+            if changed.size == 0:
+                return fast[3]
+            chunks = fast[2]
+            for i in changed.tolist():
+                text = _lines(name, make(i)).encode("utf-8")
+                chunks[i] = text
+                chunks_cache[(name, keys[i])] = (int(versions[i]), text)
+        else:
+            chunks = []
+            for i, key in enumerate(keys):
+                version = int(versions[i])
+                hit = chunks_cache.get((name, key))
                 if hit is None or hit[0] != version:
-                    text = _lines(name, make(i))
-                    lines[(name, key)] = (version, text)
+                    text = _lines(name, make(i)).encode("utf-8")
+                    chunks_cache[(name, key)] = (version, text)
                 else:
                     text = hit[1]
-                if text:
-                    parts.append(text)
-            self._live += len(series.keys)
-        return "\n".join(parts)
+                chunks.append(text)
+        body = b"\n".join(c for c in chunks if c)
+        self._fast[name] = (keys, versions, chunks, body)
+        return body
 
     def prune(self) -> None:
         """After a render: forget series that no longer exist (when they are many)."""
-        if len(self._lines) > 2 * self._live + 1024:
-            self._lines.clear()
+        if len(self._chunks) > 2 * self._live + 1024:
+            self._chunks.clear()
+            self._fast.clear()
         self._live = 0
 
 
@@ -223,22 +269,23 @@ def render_both(
 ) -> tuple[bytes, bytes]:
     """(text 0.0.4, OpenMetrics 1.0.0): the sample lines are built once and shared."""
     cache = cache or RenderCache()
-    text: list[str] = []
-    om: list[str] = []
+    text: list[bytes] = []
+    om: list[bytes] = []
     for fam in families:
         declared = fam.name + "_total" if fam.type == "counter" else fam.name
         kind = fam.type if fam.type != "unknown" else "untyped"
         help_text = escape_help(fam.help)
-        text.append(f"# HELP {declared} {help_text}\n# TYPE {declared} {kind}")
-        om.append(f"# TYPE {fam.name} {fam.type}\n# HELP {fam.name} {help_text}")
+        text.append(f"# HELP {declared} {help_text}\n# TYPE {declared} {kind}".encode())
+        om.append(f"# TYPE {fam.name} {fam.type}\n# HELP {fam.name} {help_text}".encode())
         body = cache.body(fam)
         if body:
             text.append(body)
             om.append(body)
     cache.prune()
-    om.append("# EOF")
-    text_bytes = ("\n".join(text) + "\n").encode("utf-8") if text else b""
-    return text_bytes, ("\n".join(om) + "\n").encode("utf-8")
+    om.append(b"# EOF\n")
+    if text:
+        text.append(b"")  # the trailing newline, without copying the body once more
+    return b"\n".join(text), b"\n".join(om)
 
 
 def render_text(families: Iterable[Family]) -> bytes:

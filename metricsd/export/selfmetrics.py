@@ -20,9 +20,7 @@ __all__ = ["process_families", "self_families", "ws_families"]
 def self_families(c: Any) -> list[Family]:
     frames = Family("metricsd_frames_received", "counter", "ZeroMQ messages received.")
     frames.counter(c.frames_received)
-    events = Family(
-        "metricsd_events_received", "counter", "Events accepted and applied, by type."
-    )
+    events = Family("metricsd_events_received", "counter", "Events accepted and applied, by type.")
     for event_type in sorted(EVENT_TYPES):
         events.counter(c.events_received.get(event_type, 0), (("type", event_type),))
     invalid = Family(

@@ -64,8 +64,7 @@ class CostTracker:
         self.pricing = load_pricing(cost)
         self.tz = ZoneInfo(cost.timezone)
         cap, ttl = config.limits.max_series, config.limits.series_ttl
-        self.bounds = np.array([to_pico(b) for b in config.prometheus.cost_buckets],
-                               dtype=np.int64)
+        self.bounds = np.array([to_pico(b) for b in config.prometheus.cost_buckets], dtype=np.int64)
         self.series = SeriesTable("cost", 3, cap, ttl)
         self.series.add_array("total")
         self.hist = SeriesTable("cost_hist", 1, cap, ttl)
@@ -398,8 +397,9 @@ class CostTracker:
         keys = r.map(m.get("keys"), "keys")
         if len(keys) > self.config.cost.max_keys + 1:
             raise r.fail("more keys than cost.max_keys", "keys")
-        self.keys = {r.str(k, "keys"): Totals.restore(v, r, f"keys.{k}", 64)
-                     for k, v in keys.items()}
+        self.keys = {
+            r.str(k, "keys"): Totals.restore(v, r, f"keys.{k}", 64) for k, v in keys.items()
+        }
         self.keys_overflowed = r.int(m.get("keys_overflowed"), "keys_overflowed", 0)
         self.unpriced = r.counts(m.get("unpriced"), "unpriced", 1001)
         self.clamped = r.int(m.get("clamped"), "clamped", 0)

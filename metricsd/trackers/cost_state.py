@@ -196,8 +196,9 @@ class Totals:
             u = r.map(ring, f"{path}.usage")
             got = UsageRing()
             got.idx = r.array(u.get("idx"), f"{path}.usage.idx", np.int64)
-            got.data = r.array(u.get("data"), f"{path}.usage.data", np.float64,
-                               (len(USAGE_FIELDS),))
+            got.data = r.array(
+                u.get("data"), f"{path}.usage.data", np.float64, (len(USAGE_FIELDS),)
+            )
             if len(got.idx) != USAGE_DAYS or len(got.data) != USAGE_DAYS:
                 raise r.fail("a usage ring of the wrong size", path)
             out.usage[r.str(model, path)] = got

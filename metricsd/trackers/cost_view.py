@@ -126,8 +126,10 @@ class CostView:
 
 
 def _copy_budget(b: Budget) -> Budget:
-    return Budget(b.key_id, b.limit, b.period, b.limit_type, b.threshold, b.alert_period,
-                  set(b.alerted))
+    return Budget(
+        b.key_id, b.limit, b.period, b.limit_type, b.threshold, b.alert_period, set(b.alerted)
+    )
+
 
 def _money(name: str, pico: int) -> dict[str, Any]:
     return {f"{name}_usd": usd(pico), f"{name}_usd_str": usd_str(pico)}
@@ -264,7 +266,7 @@ def cost_families(tracker: CostView, now: float) -> list[Family]:
     cost = Family("llm_cost_usd", "counter", "Spend in USD, by model, endpoint and key.")
     view, totals = tracker.series, tracker.series_total
     order = view.order
-    keys = [view.keys[i] for i in order]
+    keys = view.ordered
 
     def cost_samples(i: int) -> list[tuple[str, str, float]]:
         key = keys[i]
@@ -272,7 +274,7 @@ def cost_families(tracker: CostView, now: float) -> list[Family]:
         labels = render_labels((("model", key[0]), ("endpoint", key[1]), ("key_id", key[2])))
         return [("_total", labels, int(totals[order[i]]) / PICO)]
 
-    cost.per_series(keys, [int(view.versions[i]) for i in order], cost_samples)
+    cost.per_series(keys, view.ordered_versions(), cost_samples)
     hist = Family("llm_request_cost_usd", "histogram", "Cost of each priced request in USD.")
     for (model,), sid in tracker.hist.items():
         hist.samples.extend(
@@ -286,8 +288,7 @@ def cost_families(tracker: CostView, now: float) -> list[Family]:
     unpriced = Family(
         "llm_unpriced_requests", "counter", "Requests with tokens but no price (counted at 0)."
     )
-    for model, count in sorted(tracker.unpriced.items()):
-        unpriced.counter(count, (("model", model),))
+    unpriced.per_label("model", tracker.unpriced, "_total")
     limit = Family("llm_budget_limit_usd", "gauge", "Budget limit in USD for the period.")
     used = Family("llm_budget_used_usd", "gauge", "Spend in USD in the budget's current period.")
     exceeded = Family("llm_budget_exceeded", "gauge", "1 when the budget's spend ≥ its limit.")
@@ -320,7 +321,6 @@ def cost_families(tracker: CostView, now: float) -> list[Family]:
         by_model = Family(
             "cost_by_model_usd", "gauge", "Lifetime spend by model in USD (seed name)."
         )
-        for model, pico in sorted(tracker.all.by_model.items()):
-            by_model.add(pico / PICO, (("model", model),))
+        by_model.per_label("model", tracker.all.by_model, scale=PICO)
         out += [total_usd, by_model, percentage]
     return out

@@ -146,8 +146,9 @@ class ErrorTracker:
             counts = np.bincount(cat.codes, minlength=len(cat.values))
             used = np.flatnonzero(counts)
             table = self.distributions[name]
-            ids = table.ids([(cat.values[i],) for i in used.tolist()], counts[used], ctx.now,
-                            ctx.version)
+            ids = table.ids(
+                [(cat.values[i],) for i in used.tolist()], counts[used], ctx.now, ctx.version
+            )
             table.arrays["count"] = add_rows(table.arrays["count"], ids, counts[used])
 
     def _recent(self, failed: Batch, rows: Any, fingerprints: list[str], wall: float) -> None:
@@ -252,8 +253,7 @@ class ErrorTracker:
             total_errors=self.total_errors,
             window=self.window.freeze(now),
             distributions={
-                name: (t.view(), t.arrays["count"].copy())
-                for name, t in self.distributions.items()
+                name: (t.view(), t.arrays["count"].copy()) for name, t in self.distributions.items()
             },
             patterns=tuple(patterns),
             patterns_evicted=self.patterns.evicted,
@@ -350,9 +350,7 @@ class ErrorsView:
             "bursts": [dict(b) for b in self.bursts],
             "pattern_count": len(self.patterns),
             "patterns_evicted": self.patterns_evicted,
-            "recent_errors": [
-                e._asdict() for e in map(RecentError._make, reversed(self.recent))
-            ],
+            "recent_errors": [e._asdict() for e in map(RecentError._make, reversed(self.recent))],
         }
 
     def error_patterns(

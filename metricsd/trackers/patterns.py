@@ -234,8 +234,8 @@ class PatternTable:
                 raise r.fail("users bitmap too wide", "patterns")
             p.users.bits = bits
             p.request_ids.extend(
-                r.str(x, "request_ids") for x in r.list(d.get("request_ids"), "request_ids",
-                                                        MAX_REQUEST_IDS)
+                r.str(x, "request_ids")
+                for x in r.list(d.get("request_ids"), "request_ids", MAX_REQUEST_IDS)
             )
             self._patterns[p.fingerprint] = p
 

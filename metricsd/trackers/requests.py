@@ -164,8 +164,9 @@ class RequestTracker:
         entries = hist_entries(LATENCY_LAYOUT, duration, codes, sids)
         self.latency.record(now, entries)
         arrays["dur_b"] = add_rows(
-            arrays["dur_b"], sids, bucket_counts(self._duration_bounds, duration / 1000.0,
-                                                 codes, size)
+            arrays["dur_b"],
+            sids,
+            bucket_counts(self._duration_bounds, duration / 1000.0, codes, size),
         )
         if entries is not None:  # the exact sums beside the histogram are the _sum too
             np.add.at(arrays["dur_s"], entries.ids, entries.total)
@@ -181,8 +182,9 @@ class RequestTracker:
         entries = hist_entries(LATENCY_LAYOUT, waits, qcodes, sids)
         self.queue_wait.record(now, entries)
         arrays["queue_b"] = add_rows(
-            arrays["queue_b"], sids, bucket_counts(self._duration_bounds, waits / 1000.0,
-                                                   qcodes, size)
+            arrays["queue_b"],
+            sids,
+            bucket_counts(self._duration_bounds, waits / 1000.0, qcodes, size),
         )
         if entries is not None:
             np.add.at(arrays["queue_s"], entries.ids, entries.total)
@@ -211,8 +213,9 @@ class RequestTracker:
         if not keep:
             return
         index = np.asarray(keep, dtype=np.intp)
-        ids = self.finish.ids([reasons.keys[i] for i in keep], reasons.counts[index], ctx.now,
-                              ctx.version)
+        ids = self.finish.ids(
+            [reasons.keys[i] for i in keep], reasons.counts[index], ctx.now, ctx.version
+        )
         arrays = self.finish.arrays
         arrays["count"] = add_rows(arrays["count"], ids, reasons.counts[index])
 
@@ -337,4 +340,3 @@ def _label_column(batch: Batch, name: str) -> Any:
     """A label as the recent ring keeps it: one string, or the batch's codes."""
     cat = batch.label(name)
     return cat.values[0] if len(cat.values) == 1 else cat
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -16,9 +17,8 @@ from metricsd.config import Config
 from metricsd.export.prometheus import Family, histogram_samples, render_labels, with_label
 from metricsd.hist import Hist, exact_value
 from metricsd.series import TableView
-from metricsd.trackers.base import rate
 from metricsd.trackers.recent import Chunk, newest
-from metricsd.window import CounterWindows, GroupHist, HistWindows
+from metricsd.window import CounterWindows, GroupHist, HistWindows, rates
 
 if TYPE_CHECKING:
     from metricsd.trackers.requests import RequestTracker
@@ -89,13 +89,13 @@ class RequestsView:
         series = self.series
         view, arrays = series.view, series.arrays
         order = view.order
-        keys = [view.keys[i] for i in order]
-        versions = [int(view.versions[i]) for i in order]
-        labels = [render_labels(tuple(zip(_NAMES, k, strict=True))) for k in keys]  # type: ignore[arg-type]
+        keys = view.ordered
+        versions = view.ordered_versions()
+        labels = [render_labels(tuple(zip(_NAMES, k, strict=True))) for k in keys]
 
         st = self.statuses
         st_order = st.view.order
-        st_keys = [st.view.keys[i] for i in st_order]
+        st_keys = st.view.ordered
         st_counts = st.arrays["count"]
 
         def status_samples(i: int) -> list[tuple[str, str, float]]:
@@ -105,8 +105,7 @@ class RequestsView:
             return [("_total", rendered, int(st_counts[st_order[i]]))]
 
         requests = Family("llm_requests", "counter", "Requests completed, by status.")
-        requests.per_series(st_keys, [int(st.view.versions[i]) for i in st_order],
-                            status_samples)
+        requests.per_series(st_keys, st.view.ordered_versions(), status_samples)
 
         bounds = prom.duration_buckets
         dur_b, dur_s = arrays["dur_b"], arrays["dur_s"]
@@ -116,7 +115,9 @@ class RequestsView:
             cumulative = np.cumsum(dur_b[sid]).tolist()
             if not cumulative[-1]:
                 return []
-            return histogram_samples(labels[i], bounds, cumulative, exact_value(dur_s[sid]) / 1000.0)
+            return histogram_samples(
+                labels[i], bounds, cumulative, exact_value(dur_s[sid]) / 1000.0
+            )
 
         duration = Family("llm_request_duration_seconds", "histogram", "Request duration.")
         duration.per_series(keys, versions, duration_samples)
@@ -135,7 +136,7 @@ class RequestsView:
 
         th = self.token_hist
         th_order = th.view.order
-        th_keys = [th.view.keys[i] for i in th_order]
+        th_keys = th.view.ordered
         th_b, th_s = th.arrays["b"], th.arrays["s"]
         token_bounds = prom.token_buckets
 
@@ -149,9 +150,7 @@ class RequestsView:
             )
 
         request_tokens = Family("llm_request_tokens", "histogram", "Tokens per request, by type.")
-        request_tokens.per_series(
-            th_keys, [int(th.view.versions[i]) for i in th_order], request_token_samples
-        )
+        request_tokens.per_series(th_keys, th.view.ordered_versions(), request_token_samples)
 
         finish = Family("llm_finish_reason", "counter", "Requests by finish reason.")
         _counter_table(finish, self.finish, ("model", "finish_reason"))
@@ -170,8 +169,8 @@ class RequestsView:
         c = self.cache
         stats = c.arrays["stats"]
         c_order = c.view.order
-        c_keys = [c.view.keys[i] for i in c_order]
-        c_versions = [int(c.view.versions[i]) for i in c_order]
+        c_keys = c.view.ordered
+        c_versions = c.view.ordered_versions()
 
         def lookup_samples(i: int) -> list[tuple[str, str, float]]:
             key = c_keys[i]
@@ -234,12 +233,8 @@ class RequestsView:
 
     def by_label(self, now: float, window: float, key_index: int) -> _Grouped:
         """Windowed counters and merged latency per endpoint (``key_index`` 1) or model (2)."""
-        items = self.series.items()
-        names: dict[str, int] = {}
         size = len(self.series.view.keys)
-        groups = np.full(size, -1, dtype=np.intp)
-        for key, sid in items:
-            groups[sid] = names.setdefault(key[key_index], len(names))
+        names, groups = self.series.view.derived(f"label{key_index}", _LABEL_GROUPS[key_index])
         sums, span = self.window.window(now, window, size)
         g = len(names)
         counts = np.zeros((g, sums.shape[1]))
@@ -252,17 +247,22 @@ class RequestsView:
 
     def json(self, now: float, streaming_stats: dict[str, Any] | None) -> dict[str, Any]:
         """``GET /metrics/json``: FakeAI's ``GET /metrics`` shape, latencies in seconds."""
-        out: dict[str, Any] = {k: {} for k in ("requests", "responses", "tokens", "errors",
-                                               "latency")}
+        out: dict[str, Any] = {}
         e = self.by_label(now, DEFAULT_WINDOW, 1)
-        blocks = e.latency.blocks(QS)
-        for j in sorted(range(len(e.names)), key=lambda j: e.names[j]):
-            endpoint, c, age = e.names[j], e.counts[j], float(e.age[j])
-            out["requests"][endpoint] = _stats(c[0], e.span, age, None, 1.0)
-            out["responses"][endpoint] = _stats(c[0], e.span, age, blocks[j], 1000.0)
-            out["latency"][endpoint] = _stats(c[0], e.span, age, blocks[j], 1000.0)
-            out["tokens"][endpoint] = _stats(c[2] + c[3], e.span, age, None, 1.0)
-            out["errors"][endpoint] = _stats(c[1], e.span, age, None, 1.0)
+        order = sorted(range(len(e.names)), key=lambda j: e.names[j])
+        names = [e.names[j] for j in order]
+        c, age = e.counts[order], e.age[order]
+        cols = {k: v[order] for k, v in e.latency.columns(QS).items()}
+        latency = _stats_rows(c[:, 0], e.span, age, cols, 1000.0)
+        out["requests"] = dict(
+            zip(names, _stats_rows(c[:, 0], e.span, age, None, 1.0), strict=True)
+        )
+        out["responses"] = dict(zip(names, latency, strict=True))
+        out["tokens"] = dict(
+            zip(names, _stats_rows(c[:, 2] + c[:, 3], e.span, age, None, 1.0), strict=True)
+        )
+        out["errors"] = dict(zip(names, _stats_rows(c[:, 1], e.span, age, None, 1.0), strict=True))
+        out["latency"] = dict(zip(names, (dict(row) for row in latency), strict=True))
         out["streaming_stats"] = streaming_stats or {
             "active_streams": 0,
             "completed_streams": 0,
@@ -270,16 +270,26 @@ class RequestsView:
             "ttft": {},
             "tokens_per_second": {},
         }
-        by_model: dict[str, Any] = {}
         m = self.by_label(now, DEFAULT_WINDOW, 2)
-        blocks = m.latency.blocks(QS)
-        for j in sorted(range(len(m.names)), key=lambda j: m.names[j]):
-            c, age = m.counts[j], float(m.age[j])
-            stats = _stats(c[0], m.span, age, blocks[j], 1000.0)
-            stats["tokens_rate"] = rate(c[2] + c[3], m.span, age)
-            stats["errors_rate"] = rate(c[1], m.span, age)
-            stats["error_rate"] = float(c[1] / c[0]) if c[0] else 0.0
-            stats["requests"] = int(c[0])
+        order = sorted(range(len(m.names)), key=lambda j: m.names[j])
+        c, age = m.counts[order], m.age[order]
+        cols = {k: v[order] for k, v in m.latency.columns(QS).items()}
+        rows = _stats_rows(c[:, 0], m.span, age, cols, 1000.0)
+        extra = zip(
+            rates(c[:, 2] + c[:, 3], m.span, age).tolist(),
+            rates(c[:, 1], m.span, age).tolist(),
+            np.divide(c[:, 1], c[:, 0], out=np.zeros(len(order)), where=c[:, 0] != 0).tolist(),
+            c[:, 0].astype(np.int64).tolist(),
+            strict=True,
+        )
+        by_model: dict[str, Any] = {}
+        for j, stats, (tokens_rate, errors_rate, error_rate, requests) in zip(
+            order, rows, extra, strict=True
+        ):
+            stats["tokens_rate"] = tokens_rate
+            stats["errors_rate"] = errors_rate
+            stats["error_rate"] = error_rate
+            stats["requests"] = requests
             by_model[m.names[j]] = stats
         out["by_model"] = by_model
         return out
@@ -364,10 +374,7 @@ class RequestsView:
         """(endpoint, model) → (counts over ``rate_window``, span, age, latency group), with
         the latency groups in :meth:`live_latency`."""
         size = len(self.series.view.keys)
-        keys: dict[tuple[str, str], int] = {}
-        groups = np.full(size, -1, dtype=np.intp)
-        for (_p, endpoint, model), sid in self.series.items():
-            groups[sid] = keys.setdefault((endpoint, model), len(keys))
+        keys, groups = self.series.view.derived("endpoint_model", _endpoint_model_groups)
         sums, span = self.window.window(now, rate_window, size)
         g = len(keys)
         counts = np.zeros((g, sums.shape[1]))
@@ -378,23 +385,44 @@ class RequestsView:
         return {k: (counts[j], span, now - float(first[j]), j) for k, j in keys.items()}
 
     def live_latency(self, now: float, window: float) -> tuple[GroupHist, list[tuple[str, str]]]:
-        size = len(self.series.view.keys)
-        keys: dict[tuple[str, str], int] = {}
-        groups = np.full(size, -1, dtype=np.intp)
-        for (_p, endpoint, model), sid in self.series.items():
-            groups[sid] = keys.setdefault((endpoint, model), len(keys))
+        keys, groups = self.series.view.derived("endpoint_model", _endpoint_model_groups)
         return self.latency.reduce(now, window, groups, len(keys)), list(keys)
 
     def cache_stats(self) -> dict[tuple[str, str], tuple[int, ...]]:
         stats = self.cache.arrays["stats"]
         return {
-            (key[0], key[1]): tuple(int(v) for v in stats[sid])
-            for key, sid in self.cache.items()
+            (key[0], key[1]): tuple(int(v) for v in stats[sid]) for key, sid in self.cache.items()
         }
 
     def queue_depths(self) -> dict[str, float]:
         depth = self.queues.arrays["depth"]
         return {key[0]: float(depth[sid]) for key, sid in self.queues.items()}
+
+
+def _label_groups(index: int) -> Callable[[TableView], tuple[list[str], npt.NDArray[np.intp]]]:
+    def build(view: TableView) -> tuple[list[str], npt.NDArray[np.intp]]:
+        names: dict[str, int] = {}
+        groups = np.full(len(view.keys), -1, dtype=np.intp)
+        for key, sid in view.items():
+            groups[sid] = names.setdefault(key[index], len(names))
+        return list(names), groups
+
+    return build
+
+
+#: Series grouped by endpoint (1) or model (2), shared while the series set is unchanged.
+_LABEL_GROUPS: Final = {1: _label_groups(1), 2: _label_groups(2)}
+
+
+def _endpoint_model_groups(
+    view: TableView,
+) -> tuple[dict[tuple[str, str], int], npt.NDArray[np.intp]]:
+    """(endpoint, model) → group, and each series id's group (-1 for a free id)."""
+    keys: dict[tuple[str, str], int] = {}
+    groups = np.full(len(view.keys), -1, dtype=np.intp)
+    for (_p, endpoint, model), sid in view.items():
+        groups[sid] = keys.setdefault((endpoint, model), len(keys))
+    return keys, groups
 
 
 _TOKEN_TYPES: Final = ("input", "output", "cached", "cache_write", "reasoning")
@@ -412,26 +440,32 @@ class _Grouped:
 def _counter_table(family: Family, table: _Table, names: tuple[str, ...]) -> None:
     view = table.view
     order = view.order
-    keys = [view.keys[i] for i in order]
+    keys = view.ordered
     counts = table.arrays["count"]
 
     def make(i: int) -> list[tuple[str, str, float]]:
         key = keys[i]
         assert key is not None
-        return [("_total", render_labels(tuple(zip(names, key, strict=True))),
-                 int(counts[order[i]]))]
+        return [
+            ("_total", render_labels(tuple(zip(names, key, strict=True))), int(counts[order[i]]))
+        ]
 
-    family.per_series(keys, [int(view.versions[i]) for i in order], make)
+    family.per_series(keys, view.ordered_versions(), make)
 
 
-def _stats(
-    count: float, span: float, age: float, block: dict[str, Any] | None, unit: float
-) -> dict[str, float]:
-    """FakeAI's ``{rate, avg, min, max, p50, p90, p99}`` (+ p95), latencies divided by ``unit``."""
-    out = {"rate": rate(count, span, age)}
-    if block is None or not block["count"]:
-        out.update(dict.fromkeys(_STATS, 0.0))
-        return out
-    for name in _STATS:
-        out[name] = float(block[name]) / unit
-    return out
+def _stats_rows(
+    counts: npt.NDArray[np.float64],
+    span: float,
+    ages: npt.NDArray[np.float64],
+    cols: dict[str, npt.NDArray[np.float64]] | None,
+    unit: float,
+) -> list[dict[str, float]]:
+    """FakeAI's ``{rate, avg, min, max, p50, p90, p99}`` (+ p95) per group, latencies divided
+    by ``unit`` (zeros for a group without latency data)."""
+    rate_col = rates(counts, span, ages).tolist()
+    if cols is None:
+        zeros = dict.fromkeys(_STATS, 0.0)
+        return [{"rate": r, **zeros} for r in rate_col]
+    stat_cols = [(cols[name] / unit).tolist() for name in _STATS]
+    names = ("rate", *_STATS)
+    return [dict(zip(names, row, strict=True)) for row in zip(rate_col, *stat_cols, strict=True)]

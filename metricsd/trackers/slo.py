@@ -169,8 +169,9 @@ class SloState:
         span = max(config.budget_window, WINDOWS["3d"])
         self.coarse = CountRing(COARSE_SLOT, math.ceil(span / COARSE_SLOT - 1e-9))
         #: Per endpoint: (outcomes, bad) in windows, for ``endpoint_error_rates``.
-        self.endpoints = SeriesTable(f"slo:{config.name}", 1, MAX_ENDPOINTS, ttl,
-                                     hold=geometry.long_seconds)
+        self.endpoints = SeriesTable(
+            f"slo:{config.name}", 1, MAX_ENDPOINTS, ttl, hold=geometry.long_seconds
+        )
         self.endpoint_window = CounterLog(geometry, 2)
         self._selected: dict[tuple[str, str], bool] = {}
         self._endpoint_set = frozenset(config.endpoints)

@@ -74,8 +74,9 @@ class SloView:
         for slo in self.slos:
             for level in ("page", "ticket"):
                 if getattr(slo.status, level):
-                    out.append({"slo": slo.name, "level": level,
-                                "burn_rates": dict(slo.status.burn_rates)})
+                    out.append(
+                        {"slo": slo.name, "level": level, "burn_rates": dict(slo.status.burn_rates)}
+                    )
         return out
 
     def families(self, now: float) -> list[Family]:

@@ -156,8 +156,11 @@ class StreamingTracker:
     ) -> None:
         """Record values (NaN: not defined) in a window ring, and in its exact buckets."""
         self.rings[ring].record(now, hist_entries(self.layouts[ring], values, local, ids))
-        bounds_name, scale = {"itl": ("itl", 1000.0), "tpot": ("itl", 1000.0),
-                              "tps": ("tps", 1.0)}.get(ring, (None, 0.0))
+        bounds_name, scale = {
+            "itl": ("itl", 1000.0),
+            "tpot": ("itl", 1000.0),
+            "tps": ("tps", 1.0),
+        }.get(ring, (None, 0.0))
         if bounds_name is None:
             return
         finite = ~np.isnan(values)
@@ -243,10 +246,12 @@ class StreamingTracker:
         if update.group_model.size:
             local, sids, _counts = self._model_ids(update.group_model, ctx)
             size = len(sids)
-            self._count("tokens", sids, np.bincount(local, weights=update.group_tokens,
-                                                    minlength=size))
-            self._count("nbytes", sids, np.bincount(local, weights=update.group_bytes,
-                                                    minlength=size))
+            self._count(
+                "tokens", sids, np.bincount(local, weights=update.group_tokens, minlength=size)
+            )
+            self._count(
+                "nbytes", sids, np.bincount(local, weights=update.group_bytes, minlength=size)
+            )
             self.totals["tokens"] += int(update.group_tokens.sum())
             self.totals["bytes"] += int(update.group_bytes.sum())
         if update.ttft_slot.size:
@@ -270,8 +275,9 @@ class StreamingTracker:
         ids = table.ids(distinct, counts, ctx.now, ctx.version)
         arrays = table.arrays
         arrays["b"] = add_rows(
-            arrays["b"], ids, bucket_counts(self._bounds["ttft"], ttft_ms / 1000.0, codes,
-                                            len(distinct))
+            arrays["b"],
+            ids,
+            bucket_counts(self._bounds["ttft"], ttft_ms / 1000.0, codes, len(distinct)),
         )
         np.add.at(arrays["s"], ids, exact_sums(ttft_ms, codes, len(distinct)))
 
@@ -402,8 +408,9 @@ class StreamingTracker:
         mix[:, 1] = sums[1::2]
         mix[:, 2] = counts[0::2].tolist()
         mix[:, 3] = sums[0::2]
-        ids = self.mix.ids([(m,) for m in models], counts[0::2] + counts[1::2], ctx.now,
-                           ctx.version)
+        ids = self.mix.ids(
+            [(m,) for m in models], counts[0::2] + counts[1::2], ctx.now, ctx.version
+        )
         self.mix.arrays["mix"] = add_rows(self.mix.arrays["mix"], ids, mix)
 
     def _requests(self, batch: Batch, ctx: Ctx) -> None:
@@ -433,8 +440,9 @@ class StreamingTracker:
         with np.errstate(invalid="ignore", divide="ignore"):
             e2e = np.where(ok, output / np.where(ok, d, 1.0) * 1000.0, np.nan)
         self._record("e2e_tps", now, e2e, local, sids)
-        pairs = list(zip(rows.label("endpoint").tolist(), rows.label("model").tolist(),
-                         strict=True))
+        pairs = list(
+            zip(rows.label("endpoint").tolist(), rows.label("model").tolist(), strict=True)
+        )
         self._ttft_buckets(pairs, t, ctx)
         completed_rows = status < 400
         by_status = np.zeros((len(sids), len(STATUSES)), dtype=np.int64)

@@ -242,8 +242,7 @@ class StreamTable:
             lab = r.list(labels[i], "table.labels", 6)
             if len(lab) != 6:
                 raise r.fail("a stream's labels are not six", "table")
-            slot = self.open(ids[i], tuple(None if v is None else r.str(v, "labels")
-                                           for v in lab))  # type: ignore[arg-type]
+            slot = self.open(ids[i], tuple(None if v is None else r.str(v, "labels") for v in lab))  # type: ignore[arg-type]
             self.active[slot] = True
             self.model[slot] = self.models.code(models[i])
             for name, column in columns.items():
@@ -255,7 +254,8 @@ class StreamTable:
         if hasattr(ids, "codes"):  # a Cat: one lookup per distinct id
             get = self.ids.get
             slots = np.array([get(v, -1) for v in ids.values], dtype=np.int64)
-            return slots[ids.codes]
+            found: I64 = slots[ids.codes]
+            return found
         if not isinstance(ids, list):
             slot = self.ids.get(ids, -1) if isinstance(ids, str) else -1
             return np.full(n, slot, dtype=np.int64)

@@ -39,7 +39,13 @@ BLOCKS: Final = {
     "smoothness": "smoothness",
 }
 _EMPTY_BLOCK: Final = {
-    "avg": 0.0, "min": 0.0, "max": 0.0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "p99": 0.0,
+    "avg": 0.0,
+    "min": 0.0,
+    "max": 0.0,
+    "p50": 0.0,
+    "p90": 0.0,
+    "p95": 0.0,
+    "p99": 0.0,
     "count": 0,
 }
 
@@ -80,8 +86,9 @@ class StreamingView:
 
     # --- windows --------------------------------------------------------------------------
 
-    def _reduce(self, now: float, models: frozenset[str] | None, per_model: bool
-                ) -> tuple[dict[str, GroupHist], list[str]]:
+    def _reduce(
+        self, now: float, models: frozenset[str] | None, per_model: bool
+    ) -> tuple[dict[str, GroupHist], list[str]]:
         """Every ring over the window, for all (or the given) models together, or per model."""
         size = len(self.series.keys)
         groups = np.full(size, -1, dtype=np.intp)
@@ -105,7 +112,7 @@ class StreamingView:
         )
         tv, ta = self.ttft, self.ttft_arrays
         t_order = tv.order
-        t_keys = [tv.keys[i] for i in t_order]
+        t_keys = tv.ordered
 
         def ttft_samples(i: int) -> list[tuple[str, str, float]]:
             sid = t_order[i]
@@ -115,10 +122,11 @@ class StreamingView:
             if not cumulative[-1]:
                 return []
             rendered = render_labels((("endpoint", key[0]), ("model", key[1])))
-            return histogram_samples(rendered, prom.ttft_buckets, cumulative,
-                                     exact_value(ta["s"][sid]) / 1000.0)
+            return histogram_samples(
+                rendered, prom.ttft_buckets, cumulative, exact_value(ta["s"][sid]) / 1000.0
+            )
 
-        ttft.per_series(t_keys, [int(tv.versions[i]) for i in t_order], ttft_samples)
+        ttft.per_series(t_keys, tv.ordered_versions(), ttft_samples)
         itl = Family(
             "llm_inter_token_latency_seconds",
             "histogram",
@@ -146,9 +154,9 @@ class StreamingView:
         nbytes = Family("llm_stream_bytes", "counter", "Bytes streamed, as reported by producers.")
         view, a = self.series, self.arrays
         order = view.order
-        keys = [view.keys[i] for i in order]
-        versions = [int(view.versions[i]) for i in order]
-        labels = [render_labels((("model", k[0]),)) for k in keys]  # type: ignore[index]
+        keys = view.ordered
+        versions = view.ordered_versions()
+        labels = [render_labels((("model", k[0]),)) for k in keys]
 
         def hist(name: str, bounds: tuple[float, ...], scale: float) -> Any:
             def make(i: int) -> list[tuple[str, str, float]]:
@@ -156,8 +164,9 @@ class StreamingView:
                 cumulative = np.cumsum(a[f"{name}_b"][sid]).tolist()
                 if not cumulative[-1]:
                     return []
-                return histogram_samples(labels[i], bounds, cumulative,
-                                         exact_value(a[f"{name}_s"][sid]) / scale)
+                return histogram_samples(
+                    labels[i], bounds, cumulative, exact_value(a[f"{name}_s"][sid]) / scale
+                )
 
             return make
 
@@ -247,8 +256,9 @@ class StreamingView:
             statuses = dict(zip(STATUSES, a["statuses"][sid].tolist(), strict=True))
             entry = _counts(statuses, int(a["started"][sid]), self.active_by_model.get(name, 0))
             entry.update(
-                _lifetime(a["tokens"][sid], a["nbytes"][sid], a["backpressure"][sid],
-                          a["stalls"][sid])
+                _lifetime(
+                    a["tokens"][sid], a["nbytes"][sid], a["backpressure"][sid], a["stalls"][sid]
+                )
             )
             entry.update({b: _block(blocks[r][j]) for b, r in BLOCKS.items()})
             by_model[name] = entry

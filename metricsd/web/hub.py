@@ -216,9 +216,11 @@ class Hub:
             self.base = None
             return
         keys = list(dict.fromkeys(c.session.key() for c in due))
+        # With nobody connected only the throughput history is kept: a lighter read.
+        full = bool(self.clients)
 
         def work() -> tuple[Base, dict[FilterKey, tuple[dict[str, Any], str]], float]:
-            base = build_base(snap)
+            base = build_base(snap, full=full)
             rendered: dict[FilterKey, tuple[dict[str, Any], str]] = {}
             last = 0.0
             for key in keys:
@@ -229,7 +231,7 @@ class Hub:
             return base, rendered, last
 
         base, rendered, last = await self.run(work)
-        self.base = base
+        self.base = base if full else None  # a newcomer's first message needs a full one
         self.renders += len(rendered)
         if rendered:
             self.render_seconds = last

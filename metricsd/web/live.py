@@ -49,7 +49,9 @@ class Base:
     sources: dict[str, Callable[[frozenset[str]], dict[str, Any]]] = field(default_factory=dict)
 
 
-def build_base(snap: Snapshot) -> Base:
+def build_base(snap: Snapshot, full: bool = True) -> Base:
+    """The base of one tick; ``full=False`` reads only the rate pieces (enough for the
+    throughput history kept while nobody is connected)."""
     now = snap.now
     base = Base(timestamp=snap.wall, now=now)
     requests = snap.part("requests")
@@ -58,6 +60,8 @@ def build_base(snap: Snapshot) -> Base:
             now, RATE_WINDOW, LATENCY_WINDOW
         ).items():
             base.pieces[key] = _Piece(counts, span, age, group)
+        if not full:
+            return base
         base.latency, _keys = requests.live_latency(now, LATENCY_WINDOW)
         base.cache = requests.cache_stats()
         base.queues = requests.queue_depths()
@@ -196,7 +200,7 @@ def render(base: Base, key: FilterKey) -> dict[str, Any]:
 def _cache(base: Base, endpoints: frozenset[str], models: frozenset[str]) -> dict[str, Any]:
     hits = misses = total = matched = on_hits = 0
     by_endpoint: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for key, (h, m, t, mt, oh) in base.cache.items():  # type: ignore[misc]
+    for key, (h, m, t, mt, oh) in base.cache.items():
         if not _admits(key, endpoints, models):
             continue
         hits, misses, total, matched, on_hits = (

@@ -57,9 +57,7 @@ async def error_patterns(request: web.Request) -> web.Response:
     min_count = _int(request, "min_count", DEFAULT_MIN_COUNT, 0, 2**62) or 0
     recent_only = _bool(request, "recent_only")
     limit = _int(request, "limit", None, 0, MAX_LIMIT)
-    return await view_response(
-        request, "errors", "error_patterns", min_count, recent_only, limit
-    )
+    return await view_response(request, "errors", "error_patterns", min_count, recent_only, limit)
 
 
 def add_routes(app: web.Application) -> None:

@@ -89,9 +89,7 @@ async def put_budget(request: web.Request) -> web.Response:
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         return error_response(400, "the body must be a JSON object")
     try:
-        created, result = await request.app[SOURCE].command(
-            "put_budget", key_id, body, time.time()
-        )
+        created, result = await request.app[SOURCE].command("put_budget", key_id, body, time.time())
     except BudgetError as exc:
         return error_response(400, str(exc))
     return json_response(result, 201 if created else 200)

@@ -31,15 +31,21 @@ __all__ = ["LimitedRunner", "install_accept_guard", "raise_fd_limit"]
 log = logging.getLogger("metricsd.http")
 
 
-class _Handler(RequestHandler):  # type: ignore[misc]
+class _Handler(RequestHandler):
     """One connection: refused beyond the cap; parser errors answered without their text."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._manager
-        cap = getattr(server, "max_connections", 0)
-        if server is not None and cap and len(server.connections) >= cap:
+        if (
+            isinstance(server, _Server)
+            and server.max_connections
+            and len(server.connections) >= server.max_connections
+        ):
             server.refused += 1
-            transport.abort()
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            else:
+                transport.close()
             return
         super().connection_made(transport)
 
@@ -57,7 +63,7 @@ class _Handler(RequestHandler):  # type: ignore[misc]
     ) -> web.StreamResponse:
         if status == 400 and exc is not None:
             server = self._manager
-            if server is not None:
+            if isinstance(server, _Server):
                 server.bad_requests += 1
             log.info("bad HTTP request from %s: %s", request.remote, type(exc).__name__)
             resp = web.Response(
@@ -65,10 +71,10 @@ class _Handler(RequestHandler):  # type: ignore[misc]
             )
             resp.force_close()
             return resp
-        return super().handle_error(request, status, exc, message)  # type: ignore[no-any-return]
+        return super().handle_error(request, status, exc, message)
 
 
-class _Server(web.Server):  # type: ignore[misc]
+class _Server(web.Server):
     """aiohttp's server with the counters above (made by aiohttp, then given this class)."""
 
     max_connections = 0
@@ -82,7 +88,7 @@ class _Server(web.Server):  # type: ignore[misc]
             return _Handler(self, **self._kwargs)
 
 
-class LimitedRunner(web.AppRunner):  # type: ignore[misc]
+class LimitedRunner(web.AppRunner):
     """An :class:`aiohttp.web.AppRunner` whose server bounds connections (module docstring)."""
 
     def __init__(
@@ -94,6 +100,7 @@ class LimitedRunner(web.AppRunner):  # type: ignore[misc]
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server
+        assert isinstance(server, _Server)
         server.max_connections = self.max_connections
         return server
 
@@ -101,7 +108,7 @@ class LimitedRunner(web.AppRunner):  # type: ignore[misc]
     def stats(self) -> tuple[int, int, int]:
         """(open connections, connections refused at the cap, bad requests)."""
         server = self.server
-        if server is None:
+        if not isinstance(server, _Server):
             return 0, 0, 0
         return len(server.connections), server.refused, server.bad_requests
 

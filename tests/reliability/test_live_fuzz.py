@@ -46,6 +46,8 @@ def event(type_name: str, **extra: Any) -> dict[str, Any]:
     """A valid event of the corpus, stamped now: the daemon refuses a ``ts`` more than a day
     from its clock (SPEC §8), and these must be valid but for the field each case breaks."""
     return {**corpus_event(type_name), "ts": time.time(), **extra}
+
+
 #: Repetitions of both sets for the memory check, and the growth allowed across them.
 ROUNDS = 4
 RSS_GROWTH_LIMIT = 24 * MiB

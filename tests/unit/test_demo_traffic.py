@@ -46,10 +46,9 @@ class Simulation:
                     self.types[batch.type] += batch.n
                 self.engine.apply(result, self.now, wall)
             if i % max(1, round(1 / step)) == 0:
-                self.slo.expire(self.now)
-                self.streaming.expire(self.now)
-                self.alerts += [(self.now, a["level"]) for a in self.slo.alerts]
-                self.slo.alerts.clear()
+                # A tick: expiry and alert evaluation, the alerts raised since the last one.
+                snap = self.engine.snapshot(self.now, wall)
+                self.alerts += [(self.now, a["level"]) for a in snap.alerts if "level" in a]
 
     def active(self) -> tuple[bool, bool]:
         (slo,) = self.slo.slos

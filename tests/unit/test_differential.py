@@ -34,8 +34,23 @@ KEYS = ("sk-one", "sk-two", None)
 #: Each error type has one status, so a pattern's "status of the first occurrence" does not
 #: depend on the order rows of one wake-up are applied in.
 ERRORS = {"rate_limit": 429, "upstream": 502, "timeout": 503, "bad_request": 400}
-LABEL_FIELDS = ("endpoint", "model", "provider", "key_id", "api_key", "status", "error_type",
-                "finish_reason", "stream_id", "queue", "name", "kind", "hit", "streaming", "batch")
+LABEL_FIELDS = (
+    "endpoint",
+    "model",
+    "provider",
+    "key_id",
+    "api_key",
+    "status",
+    "error_type",
+    "finish_reason",
+    "stream_id",
+    "queue",
+    "name",
+    "kind",
+    "hit",
+    "streaming",
+    "batch",
+)
 
 
 def _request(rng: random.Random, t: float, i: int) -> dict[str, Any]:
@@ -83,17 +98,31 @@ def _request(rng: random.Random, t: float, i: int) -> dict[str, Any]:
 def _stream(rng: random.Random, t: float, sid: str) -> list[dict[str, Any]]:
     model, endpoint = rng.choice(MODELS), rng.choice(ENDPOINTS)
     events: list[dict[str, Any]] = [
-        {"type": "stream.start", "stream_id": sid, "model": model, "endpoint": endpoint,
-         "ts": t, "prompt_tokens": rng.randrange(1, 400)}
+        {
+            "type": "stream.start",
+            "stream_id": sid,
+            "model": model,
+            "endpoint": endpoint,
+            "ts": t,
+            "prompt_tokens": rng.randrange(1, 400),
+        }
     ]
     now = t + rng.uniform(0.05, 0.8)
     for _ in range(rng.randrange(0, 12)):
-        events.append({"type": "stream.token", "stream_id": sid, "ts": round(now, 6),
-                       "n": rng.choice((1, 1, 1, 2, 3)), "bytes": rng.randrange(1, 40)})
+        events.append(
+            {
+                "type": "stream.token",
+                "stream_id": sid,
+                "ts": round(now, 6),
+                "n": rng.choice((1, 1, 1, 2, 3)),
+                "bytes": rng.randrange(1, 40),
+            }
+        )
         now += rng.choice((0.01, 0.02, 0.05, 0.6))
     if rng.random() < 0.2:
-        events.append({"type": "stream.backpressure", "stream_id": sid,
-                       "buffer_size": rng.randrange(1, 100)})
+        events.append(
+            {"type": "stream.backpressure", "stream_id": sid, "buffer_size": rng.randrange(1, 100)}
+        )
     if rng.random() < 0.9:  # the others stay active
         end: dict[str, Any] = {"type": "stream.end", "stream_id": sid, "ts": round(now, 6)}
         end["status"] = rng.choice(("completed",) * 6 + ("failed", "cancelled"))
@@ -116,29 +145,66 @@ def traffic(seed: int, n: int = 500) -> list[dict[str, Any]]:
             out.append(_request(rng, round(t, 6), i))
         elif roll < 0.58:
             kind = rng.choice(list(ERRORS))
-            out.append({"type": "error", "ts": round(t, 6), "error_type": kind,
-                        "status": ERRORS[kind], "model": rng.choice(MODELS),
-                        "endpoint": rng.choice(ENDPOINTS), "error_message": f"{kind} now"})
+            out.append(
+                {
+                    "type": "error",
+                    "ts": round(t, 6),
+                    "error_type": kind,
+                    "status": ERRORS[kind],
+                    "model": rng.choice(MODELS),
+                    "endpoint": rng.choice(ENDPOINTS),
+                    "error_message": f"{kind} now",
+                }
+            )
         elif roll < 0.65:
-            out.append({"type": "cache", "hit": rng.random() < 0.6,
-                        "total_tokens": rng.randrange(0, 900), "matched_tokens": rng.randrange(0, 400),
-                        "model": rng.choice(MODELS), "endpoint": rng.choice(ENDPOINTS)})
+            out.append(
+                {
+                    "type": "cache",
+                    "hit": rng.random() < 0.6,
+                    "total_tokens": rng.randrange(0, 900),
+                    "matched_tokens": rng.randrange(0, 400),
+                    "model": rng.choice(MODELS),
+                    "endpoint": rng.choice(ENDPOINTS),
+                }
+            )
         elif roll < 0.67:
-            out.append({"type": "queue", "queue": rng.choice(("gpu", "cpu")),
-                        "depth": rng.randrange(0, 40), "capacity": 64})
+            out.append(
+                {
+                    "type": "queue",
+                    "queue": rng.choice(("gpu", "cpu")),
+                    "depth": rng.randrange(0, 40),
+                    "capacity": 64,
+                }
+            )
         elif roll < 0.71:
-            out.append({"type": "usage", "model": rng.choice(MODELS),
-                        "prompt_tokens": rng.randrange(0, 900),
-                        "completion_tokens": rng.randrange(0, 400),
-                        "api_key": rng.choice(("sk-one", "sk-two"))})
+            out.append(
+                {
+                    "type": "usage",
+                    "model": rng.choice(MODELS),
+                    "prompt_tokens": rng.randrange(0, 900),
+                    "completion_tokens": rng.randrange(0, 400),
+                    "api_key": rng.choice(("sk-one", "sk-two")),
+                }
+            )
         elif roll < 0.75:
             kind = rng.choice(("counter", "gauge", "histogram"))
-            out.append({"type": "metric", "name": f"app_{kind}", "kind": kind,
-                        "value": round(rng.uniform(0, 10), 3),
-                        "labels": {"region": rng.choice(("eu", "us"))}})
+            out.append(
+                {
+                    "type": "metric",
+                    "name": f"app_{kind}",
+                    "kind": kind,
+                    "value": round(rng.uniform(0, 10), 3),
+                    "labels": {"region": rng.choice(("eu", "us"))},
+                }
+            )
         elif roll < 0.77:
-            out.append({"type": "client", "dropped": rng.randrange(0, 5),
-                        "source": rng.choice(("web", "batch"))})
+            out.append(
+                {
+                    "type": "client",
+                    "dropped": rng.randrange(0, 5),
+                    "source": rng.choice(("web", "batch")),
+                }
+            )
         else:
             streams.append(_stream(rng, round(t, 6), f"s-{seed}-{i}"))
         # Interleave the streams' pending events.
@@ -224,11 +290,13 @@ def views(engine: Engine, now: float, wall: float) -> dict[str, Any]:
     for key in ("sk-one", "sk-two", "unknown"):
         from metricsd.keys import hash_key
 
-        out[f"key {key}"] = snap.compute("cost_key", hash_key(key) if key != "unknown" else key,
-                                         wall)
+        out[f"key {key}"] = snap.compute(
+            "cost_key", hash_key(key) if key != "unknown" else key, wall
+        )
     text = render_both(snap.families())[0].decode()
     out["exposition"] = sorted(
-        line for line in text.splitlines()
+        line
+        for line in text.splitlines()
         # Frames legitimately differ (the same events, packed differently).
         if not line.startswith(("process_", "metricsd_tick_duration", "metricsd_frames", "# "))
     )
@@ -240,7 +308,7 @@ def _engine() -> Engine:
     return build_engine(config, 0.0, WALL)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 11, 12, 13, 14])
 def test_merged_frames_give_the_snapshot_of_one_event_at_a_time(seed: int) -> None:
     events = traffic(seed)
     half = len(events) // 2

@@ -1,0 +1,364 @@
+"""Decode on every core: the pool of decode worker processes behind ``--workers N``.
+
+Decoding and validating frames is most of what ingest costs, and it needs nothing but the frames,
+so it is what runs in parallel. The engine thread (:mod:`metricsd.runner`) still owns the one
+socket emitters write to and the one engine every reader's snapshot comes from; with a pool it
+only moves frames and applies results:
+
+1. it reads what the ingest socket holds, a chunk at a time (up to :data:`CHUNK_FRAMES` frames
+   or :data:`CHUNK_BYTES`), numbers the chunk and hands it to the least busy worker
+   (:mod:`metricsd.worker`) over a private ``ipc`` socket: ZeroMQ passes the frames without a
+   copy;
+2. each worker decodes its chunk exactly as the engine thread would decode one wake-up and
+   sends the result back (:mod:`metricsd.handoff`: numeric columns as raw bytes);
+3. the engine thread applies results **in chunk order**, holding any that overtake an earlier one.
+
+So the engine applies the same batches, in the same order, as with one process: nothing needs a
+merge, every view and the persisted state are those of ``--workers 1``, streams and budgets stay
+exact whatever process decoded them, and a restart with another N restores the same file.
+
+What is shared and serialised: the ingest socket's reads and the engine's apply run on one
+thread of the serving process; decode (about two thirds of the work of a mixed frame) runs on
+N processes. A chunk's result costs the engine an unpack of its columns (about a tenth of its
+decode) before the apply. Backpressure is unchanged: when every worker has
+:data:`IN_FLIGHT` chunks (or results wait on an earlier chunk), the engine thread stops reading
+the socket, its queue fills to the high-water mark, and emitters count their own drops.
+
+A worker that dies is restarted (``metricsd_worker_restarts_total``); the chunks it had taken are
+the only loss, counted in ``metricsd_worker_lost_frames_total``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import zmq
+
+from metricsd.decode import DecodeResult
+from metricsd.engine import Engine
+from metricsd.export.prometheus import Family
+from metricsd.handoff import HandoffError, unpack_result
+from metricsd.validate import Limits
+
+__all__ = ["CHUNK_BYTES", "CHUNK_FRAMES", "IN_FLIGHT", "WorkerPool"]
+
+log = logging.getLogger("metricsd.workers")
+
+#: A chunk holds at most this many frames …
+CHUNK_FRAMES: Final = 32
+#: … or about this many bytes (whichever comes first).
+CHUNK_BYTES: Final = 2 << 20
+#: Chunks a worker may hold at once (one decoding, the next queued).
+IN_FLIGHT: Final = 3
+#: A worker not connected this long after its start is restarted.
+START_TIMEOUT: Final = 30.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Worker:
+    index: int
+    generation: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    socket: zmq.Socket[bytes] | None = None
+    ready: bool = False
+    started: float = 0.0
+    load: int = 0
+
+
+class WorkerPool:
+    """N decode processes and the ordering of their results; see the module docstring."""
+
+    def __init__(
+        self,
+        count: int,
+        limits: Limits,
+        engine: Engine,
+        clock: Callable[[], float],
+        python: str = sys.executable,
+        wall: Callable[[], float] | None = None,
+    ) -> None:
+        self.count = count
+        self.limits = limits
+        self.engine = engine
+        self.now = clock
+        #: Tests pin the wall clock results are applied at; otherwise each chunk's decode time.
+        self.wall = wall
+        self.python = python
+        self.dir = tempfile.mkdtemp(prefix="metricsd-workers-")  # mode 0700: ours alone
+        self.context: zmq.Context[Any] = zmq.Context(1)
+        self.results: zmq.Socket[bytes] = self.context.socket(zmq.PULL)
+        self.results.setsockopt(zmq.LINGER, 0)
+        self.results.bind(self._endpoint("results"))
+        self.workers = [_Worker(i) for i in range(count)]
+        self._seq = 0
+        self._next = 0
+        #: chunk → (worker index, frames) while a worker holds it
+        self._held: dict[int, tuple[int, int]] = {}
+        #: chunk → (result, frames, wall) waiting for an earlier chunk; None: lost
+        self._done: dict[int, tuple[DecodeResult, int, float] | None] = {}
+        self.restarts = 0
+        self.lost_frames = 0
+        self.bad_results = 0
+        self.chunks = 0
+
+    def _endpoint(self, name: str) -> str:
+        return f"ipc://{os.path.join(self.dir, name)}"
+
+    # --- processes ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def _spawn(self, worker: _Worker) -> None:
+        worker.generation += 1
+        if worker.socket is not None:
+            worker.socket.close(linger=0)
+        sock = self.context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, IN_FLIGHT + 1)
+        # A new endpoint per generation: nothing sent to a dead worker reaches its successor,
+        # so what was lost is exactly what it held.
+        endpoint = self._endpoint(f"in-{worker.index}-{worker.generation}")
+        sock.bind(endpoint)
+        worker.socket = sock
+        worker.ready = False
+        worker.load = 0
+        worker.started = time.monotonic()
+        spec = {
+            "index": worker.index,
+            "input": endpoint,
+            "results": self._endpoint("results"),
+            "limits": dataclasses.asdict(self.limits),
+        }
+        worker.proc = subprocess.Popen(
+            [self.python, "-m", "metricsd.worker", json.dumps(spec)],
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+        )
+
+    def check(self) -> None:
+        """Once a tick: restart workers that died (or never connected), counting their loss."""
+        for worker in self.workers:
+            proc = worker.proc
+            dead = proc is not None and proc.poll() is not None
+            late = not worker.ready and time.monotonic() - worker.started > START_TIMEOUT
+            if not (dead or late):
+                continue
+            lost = [seq for seq, (w, _n) in self._held.items() if w == worker.index]
+            frames = sum(self._held[seq][1] for seq in lost)
+            for seq in lost:
+                del self._held[seq]
+                self._done[seq] = None
+            self.lost_frames += frames
+            self.restarts += 1
+            code = proc.returncode if proc is not None else None
+            log.error(
+                "decode worker %d %s; restarting it (%d frames it held are lost)",
+                worker.index,
+                f"exited with status {code}" if dead else "did not start",
+                frames,
+            )
+            if not dead and proc is not None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1.0)
+            self._spawn(worker)
+        self._apply_ready(float("inf"))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Tell every worker to stop (after the drain), wait for them, remove the sockets."""
+        for worker in self.workers:
+            if worker.socket is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    worker.socket.send(b"", zmq.NOBLOCK)
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            proc = worker.proc
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for worker in self.workers:
+            if worker.socket is not None:
+                worker.socket.close(linger=0)
+        self.results.close(linger=0)
+        self.context.term()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- the engine thread's work ---------------------------------------------------------
+
+    @property
+    def backlog(self) -> bool:
+        """Results that could be applied now (a wake-up ran out of time before them)."""
+        return self._next in self._done
+
+    @property
+    def idle(self) -> bool:
+        return not self._held and not self._done
+
+    def has_room(self) -> bool:
+        """Whether the next chunk has somewhere to go (else the ingest socket is left alone)."""
+        if self._seq - self._next >= self.count * IN_FLIGHT * 2:
+            return False  # results would pile up behind a slow chunk
+        return any(w.ready and w.load < IN_FLIGHT for w in self.workers)
+
+    def forward(self, sock: zmq.Socket[bytes], budget: float) -> int:
+        """Read queued frames off the ingest socket into chunks for the workers; returns the
+        frames taken."""
+        taken = 0
+        deadline = time.monotonic() + budget
+        while self.has_room():
+            worker = min((w for w in self.workers if w.ready), key=lambda w: w.load)
+            chunk: list[Any] = [struct.pack("<Q", self._seq)]
+            size = 0
+            while len(chunk) <= CHUNK_FRAMES and size < CHUNK_BYTES:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                taken += 1
+                if sock.rcvmore:  # a multipart message is one invalid frame, as in Ingest
+                    while sock.rcvmore:
+                        sock.recv()
+                    self.engine.reject_frame("shape")
+                    continue
+                chunk.append(frame)
+                size += len(frame.buffer)
+            if len(chunk) == 1:
+                break
+            assert worker.socket is not None
+            try:
+                worker.socket.send_multipart(chunk, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                # Its pipe is full although it holds fewer than IN_FLIGHT chunks (it is being
+                # replaced): the frames are already ours, so they are counted as lost.
+                self.lost_frames += len(chunk) - 1
+                self._done[self._seq] = None
+            else:
+                self._held[self._seq] = (worker.index, len(chunk) - 1)
+                worker.load += 1
+                self.chunks += 1
+            self._seq += 1
+            if time.monotonic() >= deadline:
+                break
+        return taken
+
+    def collect(self, budget: float) -> int:
+        """Take the workers' results and apply those whose turn it is; returns chunks applied."""
+        results = self.results
+        while True:
+            try:
+                message = results.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._receive(message)
+        return self._apply_ready(time.monotonic() + budget)
+
+    def _receive(self, message: list[bytes]) -> None:
+        if len(message) == 3 and message[0] == b"hello":
+            index = int(message[1])
+            if 0 <= index < self.count:
+                self.workers[index].ready = True
+            return
+        if len(message) != 3 or len(message[0]) != 8 or len(message[1]) != 8:
+            self.bad_results += 1
+            return
+        (seq,) = struct.unpack("<Q", message[0])
+        held = self._held.pop(seq, None)
+        if held is None:
+            return  # a chunk already counted as lost
+        index, frames = held
+        self.workers[index].load -= 1
+        try:
+            result, count = unpack_result(message[2])
+            if count != frames:
+                raise HandoffError(f"{count} frames, not {frames}")
+        except HandoffError as exc:
+            self.bad_results += 1
+            self.lost_frames += frames
+            self._done[seq] = None
+            log.error("a decode worker sent an unreadable result (%s): %d frames lost", exc, frames)
+            return
+        (wall,) = struct.unpack("<d", message[1])
+        self._done[seq] = (result, frames, wall)
+
+    def _apply_ready(self, deadline: float) -> int:
+        applied = 0
+        while self._next in self._done:
+            item = self._done.pop(self._next)
+            self._next += 1
+            if item is not None:
+                result, frames, wall = item
+                if self.wall is not None:
+                    wall = self.wall()
+                self.engine.apply(result, self.now(), wall, frames=frames)
+                applied += 1
+            if time.monotonic() >= deadline:
+                break
+        return applied
+
+    def drain(self, sock: zmq.Socket[bytes], seconds: float, quiet: float = 0.2) -> tuple[int, int]:
+        """At shutdown, after the ingest socket is unbound: forward and apply everything until
+        nothing has come for ``quiet`` seconds and no chunk is out (at most ``seconds``).
+        Returns the frames taken and the frames left (still queued or held: counted lost)."""
+        taken = 0
+        deadline = time.monotonic() + seconds
+        last = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(self.results, zmq.POLLIN)
+        while (now := time.monotonic()) < deadline:
+            n = self.forward(sock, 0.05)
+            taken += n
+            if n:
+                last = now
+            if self._held or self._done:
+                poller.poll(20)
+                self.collect(0.05)
+                self.check()
+                continue
+            if now - last >= quiet:
+                return taken, 0
+            sock.poll(timeout=20)
+        left = sum(frames for _w, frames in self._held.values())
+        self.lost_frames += left
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return taken, left
+            while sock.rcvmore:
+                sock.recv()
+            left += 1
+
+    # --- self-metrics ---------------------------------------------------------------------
+
+    def families(self) -> list[Family]:
+        workers = Family("metricsd_workers", "gauge", "Decode worker processes (--workers).")
+        workers.add(self.count)
+        restarts = Family(
+            "metricsd_worker_restarts", "counter", "Decode workers restarted after they died."
+        )
+        restarts.counter(self.restarts)
+        lost = Family(
+            "metricsd_worker_lost_frames",
+            "counter",
+            "Frames lost with a decode worker that died holding them (or sent a bad result).",
+        )
+        lost.counter(self.lost_frames)
+        return [workers, restarts, lost]

@@ -54,7 +54,7 @@ from metricsd.webhook import WebhookSender
 from metricsd.wiring import build_engine
 from metricsd.workers import WorkerPool
 
-__all__ = ["Daemon", "check_exposure", "run"]
+__all__ = ["Daemon", "check_exposure", "preflight", "run"]
 
 log = logging.getLogger("metricsd")
 T = TypeVar("T")
@@ -82,6 +82,33 @@ def check_exposure(config: Config) -> None:
             "set; set auth.token (METRICSD_TOKEN / --token) or pass --insecure"
         )
     check_ingest_exposure(config)
+
+
+def check_ipc_paths(config: Config) -> None:
+    """An ``ipc://`` endpoint's directory must exist (ZeroMQ does not create it), and the path
+    must fit in a Unix socket address."""
+    for endpoint in config.ingest.endpoints:
+        if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+            continue  # ``@name``: Linux's abstract namespace, no file
+        path = Path(endpoint[len("ipc://") :])
+        if len(os.fsencode(path)) > 107:
+            raise ConfigError(f"ingest.endpoints: {endpoint}: the path is longer than 107 bytes")
+        if not path.parent.is_dir():
+            raise ConfigError(
+                f"ingest.endpoints: {endpoint}: the directory {path.parent} does not exist "
+                "(create it first; under systemd, RuntimeDirectory=metricsd makes /run/metricsd)"
+            )
+
+
+def preflight(config: Config) -> None:
+    """Every check ``serve`` makes before it binds anything; ``metricsd check-config`` runs the
+    same, so a config it passes is one ``serve`` starts with. Raises :class:`ConfigError`."""
+    check_exposure(config)
+    check_ipc_paths(config)
+    if config.otlp.endpoint:
+        require_sdk()  # refuse to start without the extra rather than drop the push
+    tls_context(config.http)  # the certificate and key load
+    IngestCurve.from_config(config.ingest)  # the CURVE key file reads and matches
 
 
 class Daemon:
@@ -216,7 +243,7 @@ class Daemon:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        check_exposure(self.config)
+        preflight(self.config)
         http, ingest = self.config.http, self.config.ingest
         fd_limit = raise_fd_limit()
         max_connections, max_peers = descriptor_budget(
@@ -232,8 +259,6 @@ class Daemon:
                 max_connections,
                 max_peers,
             )
-        if self.config.otlp.endpoint:
-            require_sdk()  # refuse to start without the extra rather than drop the push
         if self.fleet is not None:
             self.fleet.load_password()  # a missing file stops the start, before binding
         if self.config.state.path:
@@ -303,7 +328,13 @@ class Daemon:
 
             self.tasks.append(
                 asyncio.create_task(
-                    run_demo(self.context, endpoints[0], self.config.demo.rate), name="demo"
+                    run_demo(
+                        self.context,
+                        endpoints,
+                        self.config.demo,
+                        self.curve.public if self.curve else None,
+                    ),
+                    name="demo",
                 )
             )
         if self.config.otlp.endpoint:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
 from metricsd import __version__
-from metricsd.config import DEFAULT_INGEST, ConfigError, load_config
+from metricsd.config import DEFAULT_INGEST, Config, ConfigError, load_config
 
 __all__ = ["main"]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"metricsd: {message}", err=True)
     sys.exit(2)
 
@@ -44,6 +46,13 @@ def main() -> None:
 @click.option(
     "--demo", is_flag=True, default=None, help="Also send built-in synthetic LLM traffic."
 )
+@click.option(
+    "--demo-incident",
+    "demo_incident",
+    is_flag=True,
+    default=None,
+    help="With the demo traffic: an incident that pages within a minute, then recovers.",
+)
 @click.option("--ready-file", "ready_file", help="Write the bound addresses as JSON once ready.")
 @click.option("--tls-cert", "tls_cert", help="PEM certificate chain: serve HTTPS.")
 @click.option("--tls-key", "tls_key", help="PEM private key of --tls-cert.")
@@ -63,6 +72,7 @@ def serve(
     max_series: int | None,
     log_level: str | None,
     demo: bool | None,
+    demo_incident: bool | None,
     ready_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -83,23 +93,29 @@ def serve(
     put("engine", "tick", tick)
     put("limits", "max_series", max_series)
     put("log", "level", log_level)
-    put("demo", "enabled", demo)
+    put("demo", "enabled", demo or demo_incident or None)
+    put("demo", "incident", demo_incident)
     put("http", "tls_cert", tls_cert)
     put("http", "tls_key", tls_key)
     put("engine", "workers", workers)
     if ready_file is not None:
         overrides["ready_file"] = ready_file
-    try:
-        config = load_config(config_path, overrides=overrides)
-        from metricsd.app import check_exposure, run
+    from metricsd.demo import with_demo_budget
 
-        check_exposure(config)
+    def configure() -> Config:
+        return with_demo_budget(load_config(config_path, overrides=overrides))
+
+    try:
+        config = configure()
+        from metricsd.app import preflight, run
+
+        preflight(config)
     except ConfigError as exc:
         _fail(str(exc))
         return
     try:
         # SIGHUP re-reads the same sources: file, environment, and these flags.
-        run(config, reload_config=lambda: load_config(config_path, overrides=overrides))
+        run(config, reload_config=configure)
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:  # found while starting (TLS files, CURVE key file)
@@ -119,27 +135,69 @@ def serve(
     type=click.Path(dir_okay=False),
     help="Write the key file here (mode 0600, not over an existing file); print the public key.",
 )
-def keygen(out: str | None) -> None:
+@click.option(
+    "--public",
+    "public_out",
+    type=click.Path(dir_okay=False),
+    help="With --out: also write the public key here (mode 0644), for emitters.",
+)
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    help="With --out: an existing key file is kept (and its public key printed), not an error.",
+)
+def keygen(out: str | None, public_out: str | None, exist_ok: bool) -> None:
     """Make a CURVE keypair for encrypted ZeroMQ ingest (ingest.curve_secret_key_file)."""
-    from metricsd.security import write_keypair
+    from metricsd.security import load_curve_secret, write_keypair
 
+    if out is None and (public_out or exist_ok):
+        _fail("--public and --exist-ok need --out")
     try:
         text = write_keypair(out)
+        made = True
     except FileExistsError:
-        _fail(f"{out} exists; not overwriting a key")
-        return
+        if not exist_ok:
+            _fail(f"{out} exists; not overwriting a key")
+            return
+        try:
+            text = load_curve_secret(str(out))[0].decode()
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        made = False
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror}")
         return
-    click.echo(text if out is None else f'public_key = "{text}"', nl=out is not None)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    line = f'public_key = "{text}"\n'
+    if public_out is not None:
+        try:
+            Path(public_out).write_text(line)
+            os.chmod(public_out, 0o644)
+        except OSError as exc:
+            _fail(f"cannot write {public_out}: {exc.strerror}")
+    if not made:
+        click.echo(f"metricsd: {out} exists; keeping it", err=True)
+    click.echo(line, nl=False)
 
 
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
-    """Validate a config file and print the effective configuration as JSON."""
+    """Validate a config file and print the effective configuration as JSON.
+
+    Runs every check ``serve`` runs before binding: the values, the exposure rules (a token for
+    HTTP beyond loopback, CURVE for ingest beyond it), ipc:// directories, and the files the
+    daemon reads (TLS certificate and key, CURVE key, pricing file). The environment applies as
+    it would for ``serve``.
+    """
     try:
         config = load_config(path)
+        from metricsd.app import preflight
+
+        preflight(config)
     except ConfigError as exc:
         _fail(str(exc))
         return
@@ -154,12 +212,148 @@ def parse_value(text: str) -> Any:
         return text
 
 
+#: What a value of each schema kind must be, for ``emit``'s error messages.
+_KIND_TEXT: dict[str, str] = {
+    "float": "a finite number",
+    "nnfloat": "a finite number ≥ 0",
+    "count": "an integer ≥ 0",
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+    "longstr": "a string",
+    "text": "a string",
+    "enum": "one of {choices}",
+    "name": "a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+    "labels": 'a JSON object of at most 8 string labels, e.g. \'labels={"k":"v"}\'',
+    "images": 'a JSON object {"size", "quality", "n"}',
+}
+_PLACEHOLDER: dict[str, Any] = {
+    "float": 0.0,
+    "nnfloat": 0.0,
+    "count": 0,
+    "int": 0,
+    "bool": False,
+    "str": "x",
+    "longstr": "x",
+    "text": "x",
+    "name": "x",
+}
+
+
+def check_event(event: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """Validate ``event`` with the daemon's own decoder (:func:`metricsd.protocol.decode`).
+
+    Returns (the reason the daemon would reject it, e.g. ``missing_field duration_ms``, or None)
+    and warnings (fields the daemon ignores, strings it would truncate). The decoder counts a
+    reason only; the field is found here by checking the event against the schema."""
+    import msgpack
+
+    from metricsd.protocol import decode
+    from metricsd.schema import EVENT_TYPES
+
+    def rejected(candidate: dict[str, Any]) -> tuple[str | None, int]:
+        result = decode(msgpack.packb(candidate), time.time())
+        reasons = sorted(result.rejected)
+        return (reasons[0] if reasons else None), result.truncated
+
+    type_name = event.get("type")
+    fields = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
+    warnings: list[str] = []
+    if fields is not None:
+        unknown = sorted(k for k in event if k not in fields and k not in ("type", "v"))
+        warnings += [
+            f"{k}: not a field of {type_name} events; the daemon ignores it" for k in unknown
+        ]
+    try:
+        reason, truncated = rejected(event)
+    except (TypeError, ValueError) as exc:  # not representable in msgpack
+        return f"shape ({exc})", warnings
+    if truncated:
+        warnings.append(f"{truncated} string field(s) over the length limit would be truncated")
+    if reason is None:
+        return None, warnings
+    if reason == "unknown_type" or fields is None:
+        known = ", ".join(sorted(EVENT_TYPES))
+        return f"unknown_type {type_name} (known types: {known})", warnings
+    if reason == "missing_field":
+        missing = [f.name for f in fields.values() if f.required and event.get(f.name) is None]
+        if missing:
+            return f"missing_field {' '.join(missing)}", warnings
+    if reason == "bad_value":
+        # A valid event of this type with placeholders for the required fields; each field of
+        # the user's event is tried on it alone, so every bad one is named.
+        base: dict[str, Any] = {"v": 1, "type": type_name}
+        for required in fields.values():
+            if required.required:
+                base[required.name] = (
+                    sorted(required.choices)[0] if required.choices else _PLACEHOLDER[required.kind]
+                )
+        bad: list[str] = []
+        for name, value in event.items():
+            fdef = fields.get(name)
+            if fdef is None:
+                continue
+            if rejected({**base, name: value})[0] == "bad_value":
+                expected = _KIND_TEXT[fdef.kind].replace(
+                    "{choices}", ", ".join(sorted(fdef.choices))
+                )
+                bad.append(f"{name}={json.dumps(value)} (expected {expected})")
+        if bad:
+            return "bad_value " + "; ".join(bad), warnings
+    if reason == "version":
+        return f"version (v={json.dumps(event.get('v'))}; this daemon speaks v=1)", warnings
+    return reason, warnings
+
+
+def _server_key(value: str) -> bytes:
+    """``--server-key``: a Z85 public key, or a file with ``public_key = "…"`` or a bare key."""
+    import tomllib
+
+    from metricsd.security import is_z85_key
+
+    if is_z85_key(value):
+        return value.encode()
+    try:
+        text = Path(value).read_text()
+    except OSError as exc:
+        _fail(f"--server-key: neither a Z85 key nor a readable file: {value} ({exc.strerror})")
+    named: dict[str, Any] = {}
+    with contextlib.suppress(tomllib.TOMLDecodeError):
+        named = tomllib.loads(text)
+    key = str(named.get("public_key", text.strip()))
+    if not is_z85_key(key):
+        _fail(f"--server-key: {value} holds no Z85 public key (40 characters)")
+    return key.encode()
+
+
 @main.command()
 @click.argument("event_type")
 @click.argument("fields", nargs=-1)
 @click.option("--ingest", "endpoint", help="Endpoint to send to (default: METRICSD_INGEST).")
-def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None:
-    """Send one event: metricsd emit request duration_ms=120 model=gpt-4o."""
+@click.option(
+    "--no-check",
+    "no_check",
+    is_flag=True,
+    help="Send the event as is, without validating it first.",
+)
+@click.option(
+    "--server-key",
+    "server_key",
+    help="Connect with CURVE: the daemon's public key (Z85), or a file holding it "
+    "(keygen --public / --out).",
+)
+def emit(
+    event_type: str,
+    fields: tuple[str, ...],
+    endpoint: str | None,
+    no_check: bool,
+    server_key: str | None,
+) -> None:
+    """Send one event: metricsd emit request duration_ms=120 model=gpt-4o.
+
+    The event is checked first with the daemon's own decoder: one the daemon would reject is not
+    sent, and the command exits 2 with the reason (missing_field duration_ms, unknown_type …).
+    """
     import msgpack
     import zmq
 
@@ -170,10 +364,27 @@ def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None
             _fail(f"expected key=value, got {item!r}")
         event[key] = parse_value(value)
     event.setdefault("ts", time.time())
+    if not no_check:
+        reason, warnings = check_event(event)
+        for warning in warnings:
+            click.echo(f"metricsd: warning: {warning}", err=True)
+        if reason is not None:
+            _fail(f"not sent, the daemon would reject it: {reason}; --no-check sends it anyway")
     target = endpoint or os.environ.get("METRICSD_INGEST") or DEFAULT_INGEST
     target = target.split(",")[0].strip()
+    try:
+        frame = msgpack.packb(event)
+    except (TypeError, ValueError) as exc:
+        _fail(f"cannot encode the event: {exc}")
+        return
+    curve = _server_key(server_key) if server_key else None
     context = zmq.Context()
     sock = context.socket(zmq.PUSH)
+    if curve is not None:
+        public, secret = zmq.curve_keypair()
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     try:
         # IMMEDIATE: queue only on a completed connection, so a missing daemon is an error
         # after SNDTIMEO instead of a message silently waiting in a queue that will be dropped.
@@ -181,7 +392,7 @@ def emit(event_type: str, fields: tuple[str, ...], endpoint: str | None) -> None
         sock.setsockopt(zmq.SNDTIMEO, 3000)
         sock.setsockopt(zmq.LINGER, 3000)
         sock.connect(target)
-        sock.send(msgpack.packb(event))
+        sock.send(frame)
     except zmq.Again:
         _fail(f"no daemon accepted the event at {target} within 3 s")
     except zmq.ZMQError as exc:

@@ -128,12 +128,13 @@ class IngestConfig:
     heartbeat: float = 10.0
     #: ZeroMQ connections (all endpoints together) beyond which a new peer is refused; 0: no cap.
     max_peers: int = 1024
-    #: File mode of ipc:// sockets, whatever the umask (0660: the service's group may connect).
-    ipc_mode: int = 0o660
     #: CURVE secret key file (``metricsd keygen``): encrypts the non-loopback tcp:// endpoints.
     curve_secret_key_file: str = ""
     #: Emitters' CURVE public keys (Z85) allowed to connect; empty: any that has the server key.
     curve_client_keys: tuple[str, ...] = ()
+    #: Permissions of the ``ipc://`` socket files, set after binding whatever the umask: an
+    #: octal string. 0660 lets applications in the daemon's group connect.
+    ipc_mode: str = "0660"
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ class StreamingConfig:
 class DemoConfig:
     enabled: bool = False
     rate: float = 50.0
+    #: One incident (failures that page) 10 s after the start, then recovery; see metricsd.demo.
+    incident: bool = False
 
 
 @dataclass(frozen=True)
@@ -433,10 +436,6 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"ingest.max_peers: must be ≥ 0 (0: no cap), got {config.ingest.max_peers!r}"
         )
-    if not 0 <= config.ingest.ipc_mode <= 0o777:
-        raise ConfigError(
-            f"ingest.ipc_mode: must be a file mode (0 to 0o777), got {config.ingest.ipc_mode!r}"
-        )
     worker_count(config.engine)  # raises on a bad value
     if config.engine.significant_figures not in (1, 2, 3):
         raise ConfigError("engine.significant_figures: must be 1, 2 or 3")
@@ -452,6 +451,11 @@ def _check(config: Config) -> None:
     for endpoint in config.ingest.endpoints:
         if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"ingest.endpoints: {endpoint!r} is not a tcp://, ipc:// endpoint")
+    if not re.fullmatch(r"0?[0-7]{3}", config.ingest.ipc_mode):
+        raise ConfigError(
+            'ingest.ipc_mode: expected an octal mode such as "0660", '
+            f"got {config.ingest.ipc_mode!r}"
+        )
     if bool(config.http.tls_cert) != bool(config.http.tls_key):
         raise ConfigError("http.tls_cert, http.tls_key: set both (certificate and key) or neither")
     if config.ingest.curve_client_keys and not config.ingest.curve_secret_key_file:
@@ -600,9 +604,11 @@ def _merge(base: Any, layer: Mapping[str, Any], prefix: str, from_text: bool) ->
     return dataclasses.replace(base, **changes)
 
 
-def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``METRICSD_<SECTION>_<KEY>`` → ``{section: {key: text}}``; unknown names are errors."""
+def _env_layer(environ: Mapping[str, str], names: dict[str, str] | None = None) -> dict[str, Any]:
+    """``METRICSD_<SECTION>_<KEY>`` → ``{section: {key: text}}``; unknown names are errors.
+    ``names`` receives each setting's path → the variable it came from."""
     layer: dict[str, Any] = {}
+    names = {} if names is None else names
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for name, value in environ.items():
         if not name.startswith("METRICSD_") or name in _ENV_IGNORED:
@@ -614,11 +620,25 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
             section, _, key = rest.partition("_")
             if section == "ready" and key == "file":
                 layer["ready_file"] = value
+                names["ready_file"] = name
                 continue
             if section not in sections or not key:
                 raise ConfigError(f"{name}: unknown setting (no section {section!r})")
         layer.setdefault(section, {})[key] = value
+        names[f"{section}.{key}"] = name
     return layer
+
+
+def _name_variable(exc: ConfigError, names: Mapping[str, str]) -> ConfigError:
+    """The error with the environment variable that set its key in front (``METRICSD_HTTP_LISTEN:
+    http.listen: …``), so a bad value in the environment is not looked for in the file."""
+    message = str(exc)
+    path = message.partition(": ")[0]
+    for key in path.split(", "):
+        for setting, variable in names.items():
+            if key == setting or key.startswith((setting + ".", setting + "[")):
+                return ConfigError(f"{variable}: {message}")
+    return exc
 
 
 #: Environment names that clients also read, or that the spec names directly.
@@ -652,8 +672,17 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         config = _merge(config, data, "", from_text=False)
-    config = _merge(config, _env_layer(environ), "", from_text=True)
-    if overrides:
-        config = _merge(config, overrides, "", from_text=False)
-    _check(config)
+    names: dict[str, str] = {}
+    try:
+        config = _merge(config, _env_layer(environ, names), "", from_text=True)
+        if overrides:
+            # A flag wins over the variable: an error in that setting is the flag's.
+            for section, values in overrides.items():
+                for key in values if isinstance(values, Mapping) else ():
+                    names.pop(f"{section}.{key}", None)
+                names.pop(section, None)
+            config = _merge(config, overrides, "", from_text=False)
+        _check(config)
+    except ConfigError as exc:
+        raise _name_variable(exc, names) from None
     return typing.cast(Config, config)

@@ -104,13 +104,13 @@ class Ingest:
         return self.endpoints
 
     def _ipc_mode(self, path: str) -> None:
-        """ipc sockets get ``ingest.ipc_mode`` whatever the umask (another user's application
-        must be able to connect when the mode says so)."""
+        """ipc sockets get ``ingest.ipc_mode`` whatever the umask (systemd's UMask=0077 would
+        make them 0700, and applications of the daemon's group could not connect)."""
         if path.startswith("@") or not path:
             return  # abstract namespace: no file
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.chmod(path, self.config.ipc_mode)
+                os.chmod(path, int(self.config.ipc_mode, 8))
 
     def receive(self, limit: int, budget: float) -> int:
         """One wake-up: take up to ``limit`` queued frames, or what arrives within ``budget``

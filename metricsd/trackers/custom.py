@@ -25,21 +25,13 @@ from metricsd.export.prometheus import Family, histogram_samples, render_labels
 from metricsd.series import SeriesTable, TableView
 from metricsd.trackers.base import Ctx
 
-__all__ = ["CustomTracker", "CustomView", "family_name"]
+__all__ = ["CustomTracker", "CustomView"]
 
 #: Prefixes of metricsd's own families: a custom metric may not take their place.
 RESERVED_PREFIXES: Final = ("metricsd_", "process_", "slo:")
 HELP: Final = "Custom metric from metric events."
 KINDS: Final = ("counter", "gauge", "histogram")
 REASONS: Final = ("reserved_name", "kind_conflict", "too_many_names")
-
-
-def family_name(name: str, kind: str) -> str:
-    """The family (base) name a custom metric is exported under: a counter named ``x_total``
-    is the family ``x`` (its samples are ``x_total``), not ``x_total_total``."""
-    if kind == "counter" and name.endswith("_total") and len(name) > len("_total"):
-        return name[: -len("_total")]
-    return name
 
 
 class CustomTracker:
@@ -73,8 +65,18 @@ class CustomTracker:
         labels = batch.values("labels")
         table, arrays = self.values, self.values.arrays
         for name, kind, value, pairs in zip(names, kinds, values, labels, strict=True):
-            if name.startswith(RESERVED_PREFIXES) or family_name(name, kind) in self.reserved:
+            if kind == "counter" and name.endswith("_total") and len(name) > 6:
+                name = name[:-6]  # exported as <name>_total, never <name>_total_total
+            if name.startswith(RESERVED_PREFIXES) or name.removesuffix("_total") in self.reserved:
                 self.refused["reserved_name"] += 1
+                continue
+            # A gauge or histogram "x_total" and a counter "x" would both expose x_total.
+            if kind == "counter":
+                clash = self._known(name + "_total") is not None
+            else:
+                clash = name.endswith("_total") and self._known(name[:-6]) == "counter"
+            if clash:
+                self.refused["kind_conflict"] += 1
                 continue
             known = self._kind(name, kind, ctx)
             if known is None:
@@ -90,6 +92,11 @@ class CustomTracker:
                 slot = int(np.searchsorted(self._bounds, value, side="left"))
                 arrays["b"][sid, slot] += 1
                 arrays["s"][sid] += value
+
+    def _known(self, name: str) -> str | None:
+        """The kind a name was first seen with (None: not seen, or expired)."""
+        sid = self.kinds.get((name,))
+        return None if sid is None else KINDS[int(self.kinds.arrays["kind"][sid])]
 
     def _kind(self, name: str, kind: str, ctx: Ctx) -> str | None:
         """The name's kind, fixed by its first event; None when the event is refused."""
@@ -166,10 +173,9 @@ class CustomView:
             kind = self.kinds.get(name)
             if kind is None or name.startswith("__"):
                 continue  # the overflow series has no kind: its events are counted, not shown
-            base = family_name(name, kind)
-            family = out.get(base)
+            family = out.get(name)
             if family is None:
-                family = out[base] = Family(base, kind, HELP)
+                family = out[name] = Family(name, kind, HELP)
             if kind == "counter":
                 family.counter(float(a["value"][sid]), pairs)
             elif kind == "gauge":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,24 @@ def test_dashboard_static_files_need_no_token_but_stream_does(daemon_factory: An
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     status, _, js = d.request("/dashboard.js", headers={"Authorization": ""})
     assert status == 200 and b".innerHTML" not in js and b"insertAdjacentHTML" not in js
+
+
+def test_dashboard_shows_alerts_already_active_when_it_opens(
+    daemon_factory: Any, page: Any
+) -> None:
+    """slo_alert messages come when an alert starts; a page opened later shows the active ones
+    from the daemon's state (GET /metrics/slo, with the page's token)."""
+    d: Daemon = daemon_factory("--token", "dash-token")
+    d.send({"type": "request", "cols": {"duration_ms": [5.0] * 10, "status": [503] * 10}})
+    deadline = time.monotonic() + 10
+    while not d.get_json("/metrics/slo")["alerts"]["page"]:
+        assert time.monotonic() < deadline, "the page alert did not start"
+        time.sleep(0.05)
+    page.goto(f"{d.http}/dashboard?token=dash-token")
+    page.wait_for_function("window.metricsd.activeAlerts === 2")
+    items = page.locator("#alerts li[data-active]")
+    assert sorted(items.all_text_contents()) == [
+        "active: SLO availability: page (1h burn 1.0k)",
+        "active: SLO availability: ticket (1h burn 1.0k)",
+    ]
+    assert page.get_attribute("#alerts li[data-active='availability/page']", "class") == "page"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -113,6 +115,23 @@ def test_ipc_and_multiple_endpoints(daemon_factory: Any, tmp_path: Path) -> None
     ctx.term()
 
 
+def test_ipc_socket_mode_ignores_the_umask(daemon_factory: Any, tmp_path: Path) -> None:
+    """systemd's UMask=0077 would leave the socket srwx------: applications running as another
+    user of the daemon's group could not connect. ingest.ipc_mode (0660) is set after binding."""
+    previous = os.umask(0o077)
+    try:
+        d = daemon_factory("--ingest", f"ipc://{tmp_path}/a.sock")
+        e = daemon_factory(
+            "--ingest", f"ipc://{tmp_path}/b.sock", env={"METRICSD_INGEST_IPC_MODE": "0600"}
+        )
+    finally:
+        os.umask(previous)
+    a, b = os.stat(tmp_path / "a.sock"), os.stat(tmp_path / "b.sock")
+    assert stat.S_ISSOCK(a.st_mode) and stat.S_IMODE(a.st_mode) == 0o660
+    assert stat.S_ISSOCK(b.st_mode) and stat.S_IMODE(b.st_mode) == 0o600
+    assert d.ingest[1] == f"ipc://{tmp_path}/a.sock" and e.ingest[1] == f"ipc://{tmp_path}/b.sock"
+
+
 def test_http_errors_are_json(daemon: Daemon) -> None:
     status, _, body = daemon.request("/nope")
     assert status == 404 and json.loads(body) == {"error": "not found"}
@@ -179,6 +198,38 @@ def test_emit_command(daemon: Daemon) -> None:
         )
         == 1
     )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICSD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "metricsd", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+    )
+
+
+def test_emit_refuses_what_the_daemon_would_reject(daemon: Daemon) -> None:
+    target = ["--ingest", daemon.ingest[0]]
+    cases = {
+        ("request", "model=x"): "missing_field duration_ms",
+        ("bogus", "a=1"): "unknown_type bogus",
+        ("request", "duration_ms=-5"): "bad_value duration_ms=-5 (expected a finite number ≥ 0)",
+    }
+    for args, reason in cases.items():
+        out = run_cli("emit", *args, *target)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stdout == ""
+        assert f"not sent, the daemon would reject it: {reason}" in out.stderr
+    # Nothing reached the daemon; --no-check sends as is, and the daemon counts the rejects.
+    out = run_cli("emit", "--no-check", "request", "model=x", *target)
+    assert out.returncode == 0 and out.stdout == f"sent request to {daemon.ingest[0]}\n"
+    assert daemon.wait_for("metricsd_events_invalid_total", 1, reason="missing_field") == 1
+    assert daemon.value("metricsd_frames_received_total") == 1
+    assert daemon.value("metricsd_events_invalid_total", reason="unknown_type") == 0
+    assert daemon.value("metricsd_events_invalid_total", reason="bad_value") == 0
 
 
 def test_emit_without_daemon_fails_clearly() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -165,3 +166,31 @@ def test_curve_client_allowlist(
     assert d.wait_for("metricsd_events_received_total", 4, type="request") == 4
     assert d.value("metricsd_frames_received_total") == 1
     assert "refused a CURVE emitter with an unknown key" in d.log_path.read_text()
+
+
+def test_emit_with_the_server_key_reaches_a_curve_endpoint(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
+    d = curve_daemon(daemon_factory, tmp_path)
+    public_port = "tcp://127.0.0.1:" + d.ingest[1].rsplit(":", 1)[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICSD_")}
+
+    def emit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "metricsd", "emit", "--ingest", public_port, *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=env,
+        )
+
+    out = emit("request", "duration_ms=5")  # no key: the handshake never completes
+    assert out.returncode == 2 and "no daemon accepted the event" in out.stderr
+    # The key file itself (public_key = "…"), as `keygen --out` writes it.
+    out = emit("--server-key", str(tmp_path / "curve.key"), "request", "duration_ms=5")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"sent request to {public_port}\n"
+    server_public = load_curve_secret(str(tmp_path / "curve.key"))[0].decode()
+    out = emit("--server-key", server_public, "request", "duration_ms=6")  # the bare key
+    assert out.returncode == 0, out.stderr
+    assert d.wait_for("metricsd_events_received_total", 2, type="request") == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from metricsd.app import check_exposure
+from metricsd.app import check_exposure, preflight
 from metricsd.cli import main
 from metricsd.cli import serve as serve_command
-from metricsd.config import Config, load_config
+from metricsd.config import Config, ConfigError, load_config
+from metricsd.security import IngestCurve
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "metricsd.service"
@@ -100,7 +102,7 @@ def test_unit_has_the_notify_watchdog_and_hardening_settings() -> None:
 
 def test_unit_command_line_runs_the_example_config_with_the_state_directory() -> None:
     exec_start = unit_settings()["ExecStart"][0].split()
-    assert exec_start[0] == "/usr/local/bin/metricsd"
+    assert exec_start[0] == "/opt/metricsd/bin/metricsd"  # the venv of the install steps
     assert exec_start[1:] == [
         "serve",
         "--config",
@@ -112,6 +114,35 @@ def test_unit_command_line_runs_the_example_config_with_the_state_directory() ->
     config = serve_config(args)
     assert config.state.path == "/var/lib/metricsd/state.bin"  # inside StateDirectory=
     check_exposure(config)  # the example starts without a token: loopback only
+
+
+def test_unit_documentation_is_a_file_the_package_installs(tmp_path: Path) -> None:
+    """Documentation= names a file in the venv the install steps create: the wheel installs the
+    docs under <prefix>/share/doc/metricsd/."""
+    (documentation,) = unit_settings()["Documentation"]
+    prefix = str(Path(unit_settings()["ExecStart"][0].split()[0]).parents[1])
+    assert documentation == f"file://{prefix}/share/doc/metricsd/operations.md"
+    assert "python3 -m venv /opt/metricsd && /opt/metricsd/bin/pip install ." in UNIT.read_text()
+    # A copy of what the build reads (pip builds in the source tree; keep the checkout clean).
+    src = tmp_path / "src"
+    for name in ("metricsd", "docs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    result = subprocess.run(
+        [*pip, "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = wheels.glob("metricsd-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    version = wheel.name.split("-")[1]
+    assert f"metricsd-{version}.data/data/share/doc/metricsd/operations.md" in names
+    installed = {n.rsplit("/", 1)[1] for n in names if "/share/doc/metricsd/" in n}
+    assert installed == {"README.md"} | {p.name for p in (ROOT / "docs").glob("*.md")}
 
 
 def test_example_config_passes_check_config() -> None:
@@ -130,7 +161,7 @@ def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
     executable = shutil.which("metricsd") or str(Path(sys.executable).with_name("metricsd"))
     assert Path(executable).exists()
     unit = tmp_path / "metricsd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/metricsd", executable))
+    unit.write_text(UNIT.read_text().replace("/opt/metricsd/bin/metricsd", executable))
     result = subprocess.run(
         [str(SYSTEMD_ANALYZE), "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
@@ -160,6 +191,21 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def image_tag() -> str:
+    """The one image name and tag: metricsd:<package version>."""
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version is not None
+    return f"metricsd:{version.group(1)}"
+
+
+def commented_commands(path: Path, marker: str) -> list[list[str]]:
+    """The shell commands in a file's comments that contain ``marker`` (continuation lines
+    joined), split into words."""
+    lines = [line.lstrip("#").strip() for line in path.read_text().splitlines()]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [shlex.split(line) for line in text.splitlines() if marker in line]
+
+
 def test_dockerfile_is_small_non_root_and_runs_metricsd() -> None:
     steps = dockerfile_instructions()
     froms = [rest for word, rest in steps if word == "FROM"]
@@ -174,14 +220,68 @@ def test_dockerfile_is_small_non_root_and_runs_metricsd() -> None:
                 assert (ROOT / source).exists(), source
     final_map = dict(final)
     assert json.loads(final_map["ENTRYPOINT"]) == ["metricsd"]
-    cmd = json.loads(final_map["CMD"])
-    config = serve_config(cmd)
-    assert config.http.listen == "0.0.0.0:9465" and not config.auth.insecure
-    assert config.state.path == "/var/lib/metricsd/state.bin"
     assert final_map["EXPOSE"] == "9465 5557"
     assert "/healthz" in final_map["HEALTHCHECK"]
+    assert "install -d -o 10001 -g 10001 -m 0755 /etc/metricsd/keys" in final_map["RUN"]
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert ignore[1:4] == ["*", "!pyproject.toml", "!README.md"]
+    assert "!metricsd/" in ignore and "!docs/*.md" in ignore  # what the COPY lines need
+
+
+def test_docker_image_listens_beyond_loopback_with_a_token_and_curve(tmp_path: Path) -> None:
+    """Inside a container, loopback is the container itself: the default command binds HTTP and
+    ingest on every interface, and so starts only with a token and a CURVE key (or --insecure),
+    as the commands in the Dockerfile's header give it."""
+    cmd = json.loads(dict(dockerfile_instructions())["CMD"])
+    config = serve_config(cmd)
+    assert config.http.listen == "0.0.0.0:9465" and not config.auth.insecure
+    assert config.ingest.endpoints == ("tcp://0.0.0.0:5557",)
+    assert config.state.path == "/var/lib/metricsd/state.bin"
+    with pytest.raises(ConfigError, match="no token is set"):
+        preflight(config)
+    with pytest.raises(ConfigError, match="without CURVE"):
+        preflight(serve_config(cmd, environ={"METRICSD_TOKEN": "t"}))
+    keygen_run, serve_run = commented_commands(DOCKER / "Dockerfile", "docker run")
+    mounts = {
+        run[i + 1].split(":")[1]
+        for run in (keygen_run, serve_run)
+        for i, w in enumerate(run)
+        if w == "-v"
+    }
+    assert mounts == {"/etc/metricsd/keys", "/var/lib/metricsd"}
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keygen = keygen_run[keygen_run.index(image_tag()) + 1 :]
+    keygen = [w.replace("/etc/metricsd/keys", str(keys)) for w in keygen]
+    result = CliRunner().invoke(main, keygen, env={})
+    assert result.exit_code == 0, result.output
+    assert (keys / "curve.pub").read_text() == result.output
+    assert serve_run[-1] == image_tag()  # the image's own command
+    env = dict(serve_run[i + 1].split("=", 1) for i, w in enumerate(serve_run[:-1]) if w == "-e")
+    assert set(env) == {"METRICSD_TOKEN", "METRICSD_INGEST_CURVE_SECRET_KEY_FILE"}
+    env["METRICSD_TOKEN"] = "from-openssl"
+    key_file = env["METRICSD_INGEST_CURVE_SECRET_KEY_FILE"]
+    assert key_file.startswith("/etc/metricsd/keys/")
+    env["METRICSD_INGEST_CURVE_SECRET_KEY_FILE"] = key_file.replace("/etc/metricsd/keys", str(keys))
+    preflight(serve_config(cmd, environ=env))
+
+
+def test_one_image_name_and_tag_everywhere() -> None:
+    tag = image_tag()
+    assert (
+        f"docker build -f deploy/docker/Dockerfile -t {tag} ."
+        in (DOCKER / "Dockerfile").read_text()
+    )
+    for name, service in compose()["services"].items():
+        if "build" in service:
+            assert service["image"] == tag, name
+    docs = list(yaml.safe_load_all((ROOT / "deploy/k8s/sidecar.yaml").read_text()))
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["image"] == tag
+    mentioned = set(
+        re.findall(r"\bmetricsd:[0-9]+\.[0-9]+\.[0-9]+", (ROOT / "docs/operations.md").read_text())
+    )
+    assert mentioned == {tag}
 
 
 def compose() -> dict[str, Any]:
@@ -190,18 +290,17 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def test_compose_runs_metricsd_prometheus_and_grafana() -> None:
+def test_compose_runs_metricsd_prometheus_and_grafana(tmp_path: Path) -> None:
     data = compose()
     services = data["services"]
-    assert set(services) == {"metricsd", "prometheus", "grafana"}
+    assert set(services) == {"keygen", "metricsd", "prometheus", "grafana"}
     metricsd = services["metricsd"]
     build = metricsd["build"]
     assert (DOCKER / build["context"]).resolve() == ROOT
     assert (ROOT / build["dockerfile"]).resolve() == (DOCKER / "Dockerfile").resolve()
-    assert metricsd["command"][:5] == ["serve", "--http", "0.0.0.0:9465", "--insecure", "--demo"]
-    config = serve_config(metricsd["command"])
-    check_exposure(config)  # --insecure: starts without a token
-    assert config.demo.enabled and config.http.listen == "0.0.0.0:9465"
+    assert services["keygen"]["build"] == build
+    command = metricsd["command"]
+    assert command[:5] == ["serve", "--http", "0.0.0.0:9465", "--insecure", "--demo"]
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)  # published on this host only
@@ -214,6 +313,36 @@ def test_compose_runs_metricsd_prometheus_and_grafana() -> None:
         depends = service.get("depends_on", [])
         assert set(depends) <= set(services)
     assert services["prometheus"]["depends_on"]["metricsd"]["condition"] == "service_healthy"
+    assert metricsd["depends_on"]["keygen"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_ingest_takes_other_containers_with_curve(tmp_path: Path) -> None:
+    """The keygen init step and the daemon share the key volume; the daemon's ingest listens on
+    the compose network and starts (CURVE key present); keygen is safe to run on every up."""
+    services = compose()["services"]
+    keygen, metricsd = services["keygen"], services["metricsd"]
+    (key_mount,) = keygen["volumes"]
+    volume, key_dir = key_mount.split(":")
+    assert f"{volume}:{key_dir}:ro" in metricsd["volumes"]
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    args = [w.replace(key_dir, str(keys)) for w in keygen["command"]]
+    for _ in range(2):  # every `docker compose up` runs it: the key is kept
+        result = CliRunner().invoke(main, args, env={})
+        assert result.exit_code == 0, result.output
+    env = {k: v.replace(key_dir, str(keys)) for k, v in metricsd["environment"].items()}
+    config = serve_config(metricsd["command"], environ=env)
+    assert config.ingest.endpoints == ("tcp://0.0.0.0:5557",)
+    assert config.ingest.curve_secret_key_file == str(keys / "curve.key")
+    assert config.demo.enabled and config.http.listen == "0.0.0.0:9465"
+    preflight(config)  # starts: --insecure for HTTP, CURVE for ingest
+    assert IngestCurve.from_config(config.ingest) is not None
+    # The emit command in the header reaches it from another container, with the public key.
+    (run,) = commented_commands(DOCKER / "compose.yaml", "run --rm metricsd emit")
+    emit_args = run[run.index("metricsd", run.index("--rm")) + 1 :]
+    assert emit_args[emit_args.index("--server-key") + 1] == f"{key_dir}/curve.pub"
+    assert emit_args[emit_args.index("--ingest") + 1] == "tcp://metricsd:5557"
+    main.make_context("metricsd", list(emit_args))  # a valid command line
 
 
 def test_compose_prometheus_scrapes_metricsd_and_loads_the_slo_rules(tmp_path: Path) -> None:
@@ -225,6 +354,7 @@ def test_compose_prometheus_scrapes_metricsd_and_loads_the_slo_rules(tmp_path: P
     (job,) = config["scrape_configs"]
     (static,) = job["static_configs"]
     port = data["services"]["metricsd"]["command"][2].rsplit(":", 1)[1]
+    assert "5557" not in " ".join(data["services"]["metricsd"]["ports"])  # ingest: network only
     assert static["targets"] == [f"metricsd:{port}"] and job["metrics_path"] == "/metrics"
     assert config["rule_files"] == ["rules/slo-recording-rules.yml", "rules/slo-alerting-rules.yml"]
     for rule_file in config["rule_files"]:

@@ -108,6 +108,27 @@ def test_keygen_command(tmp_path: Path) -> None:
     assert result.output == f"metricsd: {out} exists; not overwriting a key\n"
 
 
+def test_keygen_public_file_and_exist_ok(tmp_path: Path) -> None:
+    out, pub = tmp_path / "curve.key", tmp_path / "curve.pub"
+    args = ["keygen", "--out", str(out), "--public", str(pub), "--exist-ok"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    public = load_curve_secret(str(out))[0].decode()
+    assert first.output == pub.read_text() == f'public_key = "{public}"\n'
+    assert os.stat(out).st_mode & 0o777 == 0o600 and os.stat(pub).st_mode & 0o777 == 0o644
+    # Again (a container's init step on every start): the key is kept, not replaced.
+    pub.unlink()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0
+    assert again.output == f'metricsd: {out} exists; keeping it\npublic_key = "{public}"\n'
+    assert pub.read_text() == f'public_key = "{public}"\n'
+    assert load_curve_secret(str(out))[0].decode() == public
+    result = CliRunner().invoke(main, ["keygen", "--exist-ok"])
+    assert (
+        result.exit_code == 2 and result.output == "metricsd: --public and --exist-ok need --out\n"
+    )
+
+
 def test_security_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"^http\.tls_cert, http\.tls_key: set both"):
         load_config(environ={}, overrides={"http": {"tls_cert": "/x.pem"}})

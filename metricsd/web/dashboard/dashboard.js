@@ -96,7 +96,7 @@ const charts = {
   burn: new Chart("burn", []),
   cost: new Chart("cost", ["USD/hour"]),
 };
-window.metricsd = { charts, messages: 0, updates: 0, errors: [] };
+window.metricsd = { charts, messages: 0, updates: 0, errors: [], activeAlerts: null };
 
 function setTile(id, value, text) {
   const el = document.getElementById(id);
@@ -192,6 +192,34 @@ function addAlert(msg) {
   while (list.children.length > 50) list.lastChild.remove();
 }
 
+// The alerts active now, from the state the daemon holds (GET /metrics/slo): slo_alert messages
+// come only when an alert starts, so a page opened later would not know about one under way.
+async function showActiveAlerts() {
+  let view;
+  try {
+    const resp = await fetch("/metrics/slo", { headers: token ? { Authorization: "Bearer " + token } : {} });
+    if (!resp.ok) return;
+    view = await resp.json();
+  } catch (err) {
+    return; // the WebSocket's own reconnect reports the daemon as down
+  }
+  const list = document.getElementById("alerts");
+  for (const old of list.querySelectorAll("li[data-active]")) old.remove();
+  let active = 0;
+  for (const slo of view.slos || []) {
+    for (const level of ["page", "ticket"]) {
+      if (!(slo.alerts || {})[level]) continue;
+      const li = document.createElement("li");
+      li.className = level;
+      li.dataset.active = slo.name + "/" + level;
+      li.textContent = `active: SLO ${slo.name}: ${level} (1h burn ${formatNumber((slo.burn_rates || {})["1h"])})`;
+      list.prepend(li);
+      active++;
+    }
+  }
+  window.metricsd.activeAlerts = active;
+}
+
 let ws = null;
 function subscribe() {
   if (!ws || ws.readyState !== WebSocket.OPEN) return;
@@ -207,7 +235,9 @@ function connect() {
   const query = token ? "?token=" + encodeURIComponent(token) : "";
   ws = new WebSocket(`${proto}//${location.host}/metrics/stream${query}`);
   const status = document.getElementById("status");
-  ws.onopen = () => { status.dataset.state = "live"; status.textContent = "live"; subscribe(); };
+  ws.onopen = () => {
+    status.dataset.state = "live"; status.textContent = "live"; subscribe(); showActiveAlerts();
+  };
   ws.onclose = () => {
     status.dataset.state = "down"; status.textContent = "disconnected";
     setTimeout(connect, 2000);
@@ -228,6 +258,7 @@ function connect() {
         "updated " + new Date(msg.timestamp * 1000).toLocaleTimeString();
     } else if (msg.type === "budget_alert" || msg.type === "slo_alert") {
       addAlert(msg);
+      if (msg.type === "slo_alert") showActiveAlerts();
     } else if (msg.type === "error") {
       window.metricsd.errors.push(msg.message);
     }
@@ -240,5 +271,7 @@ document.getElementById("endpoint").addEventListener("change", () => {
   subscribe();
 });
 setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN) ws.send('{"type":"ping"}'); }, 30000);
+// Alerts also end: refresh the active ones now and then.
+setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN) showActiveAlerts(); }, 15000);
 window.addEventListener("resize", () => Object.values(charts).forEach((c) => c.draw()));
 connect();

@@ -1429,3 +1429,76 @@ def format_liveness(r: dict[str, Any]) -> str:
     lines.extend(f"  daemon log: {line}" for line in term["log_tail"])
     lines.append("(fail = timeouts (10 s, counted in the percentiles at their wait) + errors)")
     return "\n".join(lines)
+
+
+# --- scaling with --workers ----------------------------------------------------------------------
+
+
+def run_scaling(
+    max_workers: int,
+    shape_name: str = "emitter-mixed",
+    scale: float = 1.0,
+    repeats: int = 2,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Events/s of one shape through a fresh daemon per ``--workers`` value, 1 … ``max_workers``
+    (each the best of ``repeats`` runs, run in turn so a busy moment hits every count alike),
+    with ``/healthz`` polled every 50 ms throughout."""
+    if max_workers < 1:
+        raise BenchError("--workers needs at least 1")
+    shape = SHAPES[shape_name]
+    rng = np.random.default_rng(0)
+    count = max(10, int(shape.frames * scale))
+    progress(f"scaling: building {count} {shape_name} frames")
+    frames = shape.make(rng, count)
+    events = count * shape.per_frame
+    progress("scaling: transport ceiling")
+    ceiling = _ceiling(frames, events)
+    counts = list(range(1, max_workers + 1))
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    health: dict[int, list[_Probe]] = {n: [] for n in counts}
+    for attempt in range(repeats):
+        for n in counts:
+            progress(f"scaling: --workers {n} (run {attempt + 1} of {repeats})")
+            daemon = _Daemon(["--workers", str(n)])
+            poller = _Poller(daemon.http + "/healthz", 0.05)
+            try:
+                time.sleep(1.0 if n > 1 else 0.2)  # the workers start and connect
+                poller.start()
+                rates[n].append(_through_daemon(daemon.http, daemon.ingest, shape, frames, None))
+            finally:
+                poller.stop()
+                daemon.close(kill=True)
+            health[n].extend(poller.probes)
+    one = max(rates[1])
+    return {
+        "shape": shape_name,
+        "events": events,
+        "cpus": len(os.sched_getaffinity(0)),
+        "ceiling_events_per_second": ceiling,
+        "rows": [
+            {
+                "workers": n,
+                "events_per_second": max(rates[n]),
+                "runs": rates[n],
+                "vs_one_worker": max(rates[n]) / one,
+                "healthz": _latency(health[n]),
+            }
+            for n in counts
+        ],
+    }
+
+
+def format_scaling(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['shape']}: {r['events']:,} events per run, {r['cpus']} CPUs, "
+        f"ceiling {r['ceiling_events_per_second']:,.0f} ev/s",
+        f"{'workers':>7} {'events/s':>12} {'× 1 worker':>11} {'healthz p99 ms':>15} {'max ms':>8}",
+    ]
+    for row in r["rows"]:
+        h = row["healthz"]
+        lines.append(
+            f"{row['workers']:>7} {row['events_per_second']:>12,.0f} "
+            f"{row['vs_one_worker']:>11.2f} {_ms(h['p99_ms']):>15} {_ms(h['max_ms']):>8}"
+        )
+    return "\n".join(lines)

@@ -491,6 +491,13 @@ def tail(
     help="Instead of the shapes: /healthz and scrape latency with ingest saturated, a burst of "
     "new labels, SIGTERM under load (fresh daemons; as benchmarks/bench_liveness.py).",
 )
+@click.option(
+    "--workers",
+    "workers",
+    type=click.IntRange(min=1),
+    help="Instead of the shapes: the scaling table of --workers 1 … N on the emitter-mixed shape "
+    "(a fresh daemon per count, /healthz polled throughout).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(
     target: str | None,
@@ -500,6 +507,7 @@ def bench(
     scale: float,
     series: int | None,
     liveness: bool,
+    workers: int | None,
     as_json: bool,
 ) -> None:
     """Events/s per frame shape through the daemon, beside the transport ceiling."""
@@ -508,10 +516,12 @@ def bench(
         BenchError,
         exit_on_sigterm,
         format_liveness,
+        format_scaling,
         format_series,
         format_table,
         run_bench,
         run_liveness,
+        run_scaling,
         run_series,
     )
 
@@ -519,6 +529,8 @@ def bench(
         _fail("--target and --target-ingest go together")
     if liveness and (target or shapes or series):
         _fail("--liveness starts its own daemons: no --target, --shape or --series")
+    if workers is not None and (target or shapes or series or liveness):
+        _fail("--workers starts its own daemons: no --target, --shape, --series or --liveness")
 
     def progress(message: str) -> None:
         click.echo(message, err=True)
@@ -526,6 +538,10 @@ def bench(
     exit_on_sigterm()  # stop the run's daemons and helper processes on SIGTERM too
 
     try:
+        if workers is not None:
+            scaling = run_scaling(workers, scale=scale, progress=progress)
+            click.echo(json.dumps(scaling, indent=2) if as_json else format_scaling(scaling))
+            return
         if liveness:
             result = run_liveness(progress=progress)
             click.echo(json.dumps(result, indent=2) if as_json else format_liveness(result))

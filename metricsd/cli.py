@@ -495,8 +495,8 @@ def tail(
     "--workers",
     "workers",
     type=click.IntRange(min=1),
-    help="Instead of the shapes: the scaling table of --workers 1 … N on the emitter-mixed shape "
-    "(a fresh daemon per count, /healthz polled throughout).",
+    help="Instead of the shapes: the scaling table of --workers 1 … N on one shape (--shape, "
+    "default emitter-mixed; a fresh daemon per count, /healthz polled throughout).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(
@@ -529,8 +529,11 @@ def bench(
         _fail("--target and --target-ingest go together")
     if liveness and (target or shapes or series):
         _fail("--liveness starts its own daemons: no --target, --shape or --series")
-    if workers is not None and (target or shapes or series or liveness):
-        _fail("--workers starts its own daemons: no --target, --shape, --series or --liveness")
+    if workers is not None and (target or len(shapes) > 1 or series or liveness):
+        _fail(
+            "--workers starts its own daemons: one --shape at most, no --target, --series or "
+            "--liveness"
+        )
 
     def progress(message: str) -> None:
         click.echo(message, err=True)
@@ -539,7 +542,8 @@ def bench(
 
     try:
         if workers is not None:
-            scaling = run_scaling(workers, scale=scale, progress=progress)
+            shape = shapes[0] if shapes else "emitter-mixed"
+            scaling = run_scaling(workers, shape, scale=scale, progress=progress)
             click.echo(json.dumps(scaling, indent=2) if as_json else format_scaling(scaling))
             return
         if liveness:

@@ -47,7 +47,10 @@ def _default(value: Any) -> Any:
             raise TypeError(f"cannot hand off an array of {value.dtype} x{value.ndim}")
         return msgpack.ExtType(_ARRAY, _packb([value.dtype.str, value.tobytes()]))
     if isinstance(value, Cat):
-        return msgpack.ExtType(_CAT, _packb([value.codes, value.values]))
+        # Codes in the narrowest type that holds them: a label column is then a byte per row.
+        k = len(value.values)
+        narrow = np.uint8 if k <= 1 << 8 else np.uint16 if k <= 1 << 16 else np.int64
+        return msgpack.ExtType(_CAT, _packb([value.codes.astype(narrow), value.values]))
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot hand off {type(value).__name__}")
@@ -83,7 +86,7 @@ def _ext(code: int, data: bytes) -> Any:
             isinstance(parts, list)
             and len(parts) == 2
             and isinstance(parts[0], np.ndarray)
-            and parts[0].dtype.kind == "i"
+            and parts[0].dtype.kind in "iu"
             and isinstance(parts[1], list)
         ):
             raise HandoffError("bad label column")

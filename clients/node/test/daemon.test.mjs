@@ -89,14 +89,29 @@ const VOLATILE_SAMPLES = /^(process_|python_|metricsd_tick_duration_seconds|metr
 const VOLATILE_KEYS = new Set(["first_seen", "last_seen", "timestamp", "observed_seconds", "rate",
                                "tokens_rate", "errors_rate", "uptime_seconds", "window_seconds"]); // prettier-ignore
 
+/**
+ * Lists whose order is the order rows arrived in: the Python emitter sends a flush as one batch
+ * (labels as dictionary columns, rows in call order) and the Node emitter as one batch per label
+ * set, so the same events arrive in a different order. Compared as sets.
+ */
+const ARRIVAL_ORDERED = new Set(["recent_errors", "example_request_ids"]);
+/** The first occurrence's message: which one is first depends on that order too. */
+const FIRST_SEEN = new Set(["sample_message"]);
+
 function stable(v) {
   if (Array.isArray(v)) return v.map(stable);
   if (v !== null && typeof v === "object") {
     return Object.fromEntries(
       Object.keys(v)
-        .filter((k) => !VOLATILE_KEYS.has(k))
+        .filter((k) => !VOLATILE_KEYS.has(k) && !FIRST_SEEN.has(k))
         .sort()
-        .map((k) => [k, stable(v[k])]),
+        .map((k) => {
+          const value = stable(v[k]);
+          if (ARRIVAL_ORDERED.has(k) && Array.isArray(value)) {
+            return [k, value.map((x) => JSON.stringify(x)).sort()];
+          }
+          return [k, value];
+        }),
     );
   }
   return v;

@@ -113,7 +113,7 @@ class HttpConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     endpoints: tuple[str, ...] = (DEFAULT_INGEST,)
-    rcvhwm: int = 100_000
+    rcvhwm: int = 1000
     max_frame_bytes: int = 1 << 20
     max_events_per_frame: int = 10_000
     max_string_length: int = 256

@@ -156,6 +156,32 @@ class _OpenCounters:
         return out
 
 
+def _roll(geometry: Geometry, now: float, short: Any, long: Any, finish: Any) -> None:
+    """Move a log's open slot and open group to ``now``: each one the clock has left is closed
+    into its ring (``finish`` makes what the ring keeps of it), and closed ones that fell out of
+    the longest window are dropped. ``short`` and ``long`` are (open one, ring) pairs."""
+    slot = geometry.slot(now)
+    for (open_, ring), index, keep in (
+        (short, slot, geometry.short_slots),
+        (long, slot // geometry.group_slots, geometry.long_groups),
+    ):
+        if open_.index != index:
+            closed = open_.close()
+            if closed is not None:
+                ring.append(finish(closed))
+            open_.index = index
+        while ring and ring[0].index <= index - keep:
+            ring.popleft()
+
+
+def _kept(closed: Any) -> Any:
+    return closed
+
+
+def _sealed(closed: Any) -> Any:
+    return closed.sealed()  # closed histogram slots are kept compressed
+
+
 class CounterLog:
     """F additive counters per series over the two rings; see the module docstring."""
 
@@ -179,19 +205,7 @@ class CounterLog:
         self._group.add(ids, vals)
 
     def _advance(self, now: float) -> None:
-        g = self.geometry
-        slot = g.slot(now)
-        for open_, ring, index, keep in (
-            (self._slot, self._short, slot, g.short_slots),
-            (self._group, self._long, slot // g.group_slots, g.long_groups),
-        ):
-            if open_.index != index:
-                closed = open_.close()
-                if closed is not None:
-                    ring.append(closed)
-                open_.index = index
-            while ring and ring[0].index <= index - keep:
-                ring.popleft()
+        _roll(self.geometry, now, (self._slot, self._short), (self._group, self._long), _kept)
 
     def freeze(self, now: float) -> CounterWindows:
         self._advance(now)
@@ -500,19 +514,7 @@ class HistLog:
         self.clamped += entries.clamped
 
     def _advance(self, now: float) -> None:
-        g = self.geometry
-        slot = g.slot(now)
-        for open_, ring, index, keep in (
-            (self._slot, self._short, slot, g.short_slots),
-            (self._group, self._long, slot // g.group_slots, g.long_groups),
-        ):
-            if open_.index != index:
-                closed = open_.close()
-                if closed is not None:
-                    ring.append(closed.sealed())
-                open_.index = index
-            while ring and ring[0].index <= index - keep:
-                ring.popleft()
+        _roll(self.geometry, now, (self._slot, self._short), (self._group, self._long), _sealed)
 
     def freeze(self, now: float) -> HistWindows:
         self._advance(now)

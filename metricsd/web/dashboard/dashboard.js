@@ -146,7 +146,8 @@ function render(data, time) {
     charts.ttft.push(time, { avg: s.ttft.avg, p99: s.ttft.p99 });
   }
   const e = data.error || {};
-  const errRate = rps > 0 ? 100 * (e.total_errors_per_sec || 0) / rps : 0;
+  // The ratio first: both rates share the window's divisor, so 1 error in 4 requests is 25 exactly.
+  const errRate = rps > 0 ? 100 * ((e.total_errors_per_sec || 0) / rps) : 0;
   setTile("t-err", errRate, errRate.toFixed(2) + " %");
   charts.errors.push(time, { "error rate": errRate });
 

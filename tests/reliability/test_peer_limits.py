@@ -270,7 +270,9 @@ def test_idle_peers_and_slow_requests_never_delay_healthz(
     time.sleep(0.5)
     assert d.value("metricsd_events_received_total", type="request") == 100
     assert d.value("metricsd_ingest_peers_refused_total", reason="max_peers") >= 200
-    assert d.value("metricsd_ingest_peers") == 100
+    # The gauge never reads low; a refused connection still open just past the handshake
+    # timeout (its close not yet seen, on a loaded machine) counts until it is.
+    assert wait_until(lambda: d.value("metricsd_ingest_peers"), lambda v: v == 100, 10.0) == 100
     assert d.value("metricsd_ingest_connections") >= 100
     log = d.log_path.read_text()
     assert log.count("ZeroMQ peer connection(s): ") == 1  # one line a minute, with a count

@@ -389,21 +389,24 @@ def _sink(endpoint_out: Any, frames: int, result_out: Any) -> None:
     ctx.term()
 
 
-def _send(endpoint: str, frames: list[bytes], warmup: bytes | None = None) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.SNDHWM, 10_000)
-    sock.setsockopt(zmq.LINGER, 30_000)
-    # Blocking, but not forever: a receiver that stops reading for a minute has failed.
-    sock.setsockopt(zmq.SNDTIMEO, 60_000)
-    sock.connect(endpoint)
+def _send(
+    endpoint: str,
+    frames: Sequence[bytes],
+    warmup: bytes | None = None,
+    timeout: float = 60.0,
+    linger: float = 30.0,
+) -> None:
+    """Send every frame, blocking, but not forever: a receiver that stops reading for
+    ``timeout`` seconds has failed."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = _push_socket(ctx, endpoint, hwm=10_000, timeout=timeout, linger=linger)
     try:
         if warmup is not None:
             sock.send(warmup)
         for frame in frames:
             sock.send(frame)
     except zmq.Again:
-        raise BenchError(f"{endpoint} accepted no frame for 60 s") from None
+        raise BenchError(f"{endpoint} accepted no frame for {timeout:g} s") from None
     finally:
         sock.close()
         ctx.term()
@@ -741,27 +744,22 @@ class _Poller(threading.Thread):
 
 
 def _push_socket(
-    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, hwm: int = 1000
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    endpoint: str,
+    hwm: int = 1000,
+    timeout: float = 10.0,
+    linger: float = 5.0,
 ) -> zmq.Socket[bytes]:
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.SNDTIMEO, 10_000)
-    sock.setsockopt(zmq.LINGER, 5_000)
+    sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+    sock.setsockopt(zmq.LINGER, int(linger * 1000))
     sock.connect(endpoint)
     return sock
 
 
 def _send_all(endpoint: str, frames: Sequence[bytes]) -> None:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = _push_socket(ctx, endpoint, hwm=10_000)
-    try:
-        for frame in frames:
-            sock.send(frame)
-    except zmq.Again:
-        raise BenchError(f"{endpoint} accepted no frame for 10 s") from None
-    finally:
-        sock.close()
-        ctx.term()
+    _send(endpoint, frames, timeout=10.0, linger=5.0)
 
 
 def _series_frames(

@@ -532,6 +532,8 @@ class Daemon:
         def apply() -> None:
             self.trackers["slo"].reload(config)
             self.trackers["cost"].reload(config)
+            if self.pool is not None:
+                self.pool.reload(config)
 
         self.runner.submit(apply)
         self.config = dataclasses.replace(self.config, slo=config.slo, cost=config.cost)

@@ -522,6 +522,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    def setup() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        _die_with_parent()
+
+    return setup
+
+
 def exit_on_sigterm() -> None:
     """Make SIGTERM exit through ``finally`` blocks, so the daemons and helper processes of a
     run are stopped (call from the main thread of a command that runs a benchmark)."""
@@ -535,7 +544,13 @@ def exit_on_sigterm() -> None:
 class _Daemon:
     """A daemon started for the run (no state, default trackers), as a child process."""
 
-    def __init__(self, extra_args: Sequence[str] = (), log_to_file: bool = False) -> None:
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        log_to_file: bool = False,
+        cpus: set[int] | None = None,
+    ) -> None:
+        """``cpus``: the cores the daemon (and the worker processes it starts) may use."""
         self.tmp = tempfile.TemporaryDirectory()
         ready = Path(self.tmp.name) / "ready.json"
         self.log_path = Path(self.tmp.name) / "daemon.log" if log_to_file else None
@@ -559,7 +574,7 @@ class _Daemon:
                 ],
                 env={k: v for k, v in os.environ.items() if not k.startswith("METRICSD_")},
                 stderr=log,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_child_setup(cpus) if sys.platform == "linux" else None,
             )
         finally:
             if log is not None:
@@ -1432,6 +1447,11 @@ def format_liveness(r: dict[str, Any]) -> str:
 # --- scaling with --workers ----------------------------------------------------------------------
 
 
+#: A scaling run sends this many times a shape's frames: a run lasts seconds, so neither the
+#: tick (0.5 s, when the count is published) nor a worker's merge interval decides the rate.
+SCALING_FRAMES = 8
+
+
 def run_scaling(
     max_workers: int,
     shape_name: str = "emitter-mixed",
@@ -1441,12 +1461,19 @@ def run_scaling(
 ) -> dict[str, Any]:
     """Events/s of one shape through a fresh daemon per ``--workers`` value, 1 … ``max_workers``
     (each the best of ``repeats`` runs, run in turn so a busy moment hits every count alike),
-    with ``/healthz`` polled every 50 ms throughout."""
+    with ``/healthz`` polled every 50 ms throughout.
+
+    When there are more cores than ``max_workers``, the sender (this process) runs on a core of
+    its own and every daemon on the others; with fewer, nothing is pinned (the same placement
+    for every count, so the ratios compare like with like)."""
     if max_workers < 1:
         raise BenchError("--workers needs at least 1")
     shape = SHAPES[shape_name]
     rng = np.random.default_rng(0)
-    count = max(10, int(shape.frames * scale))
+    count = max(10, int(shape.frames * scale * SCALING_FRAMES))
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = len(cpus) > max_workers
+    sender, daemon_cpus = ({cpus[-1]}, set(cpus[:-1])) if pinned else (None, None)
     progress(f"scaling: building {count} {shape_name} frames")
     frames = shape.make(rng, count)
     events = count * shape.per_frame
@@ -1458,13 +1485,17 @@ def run_scaling(
     for attempt in range(repeats):
         for n in counts:
             progress(f"scaling: --workers {n} (run {attempt + 1} of {repeats})")
-            daemon = _Daemon(["--workers", str(n)])
+            daemon = _Daemon(["--workers", str(n)], cpus=daemon_cpus)
             poller = _Poller(daemon.http + "/healthz", 0.05)
             try:
                 time.sleep(1.0 if n > 1 else 0.2)  # the workers start and connect
                 poller.start()
+                if sender is not None:
+                    os.sched_setaffinity(0, sender)
                 rates[n].append(_through_daemon(daemon.http, daemon.ingest, shape, frames, None))
             finally:
+                if sender is not None:
+                    os.sched_setaffinity(0, set(cpus))
                 poller.stop()
                 daemon.close(kill=True)
             health[n].extend(poller.probes)
@@ -1472,7 +1503,8 @@ def run_scaling(
     return {
         "shape": shape_name,
         "events": events,
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": len(cpus),
+        "sender_pinned": pinned,
         "ceiling_events_per_second": ceiling,
         "rows": [
             {
@@ -1489,7 +1521,8 @@ def run_scaling(
 
 def format_scaling(r: dict[str, Any]) -> str:
     lines = [
-        f"{r['shape']}: {r['events']:,} events per run, {r['cpus']} CPUs, "
+        f"{r['shape']}: {r['events']:,} events per run, {r['cpus']} CPUs "
+        f"({'the sender on a core of its own' if r['sender_pinned'] else 'nothing pinned'}), "
         f"ceiling {r['ceiling_events_per_second']:,.0f} ev/s",
         f"{'workers':>7} {'events/s':>12} {'× 1 worker':>11} {'healthz p99 ms':>15} {'max ms':>8}",
     ]

@@ -155,6 +155,8 @@ class EngineConfig:
     #: Decode processes (``--workers``): 1 decodes on the engine thread, N > 1 in N worker
     #: processes, ``"auto"`` one per core the daemon may use.
     workers: int | str = 1
+    #: With workers: how often each hands what it added up to the serving process (seconds).
+    merge_interval: float = 0.25
     slot_seconds: float = 10.0
     significant_figures: int = 2
     recent_size: int = 1000
@@ -397,6 +399,7 @@ def _check(config: Config) -> None:
     check_budget_store(config.cost)
     positive = {
         "engine.tick": config.engine.tick,
+        "engine.merge_interval": config.engine.merge_interval,
         "engine.slot_seconds": config.engine.slot_seconds,
         "state.interval": config.state.interval,
         "limits.series_ttl": config.limits.series_ttl,

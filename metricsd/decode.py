@@ -95,6 +95,9 @@ class DecodeResult:
     batches: list[Batch] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
     truncated: int = 0
+    #: Accepted events left out of ``batches`` because a worker applied them in full
+    #: (``--workers``), by type: they still count as received.
+    elided: Counter[str] = field(default_factory=Counter)
 
     @property
     def accepted(self) -> int:

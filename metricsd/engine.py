@@ -60,7 +60,7 @@ class Tracker(Protocol):
 #: Order of application inside one wake-up: a stream's start before its tokens before its end.
 _TYPE_ORDER = {"stream.start": 1, "stream.token": 2, "stream.backpressure": 3, "stream.end": 4}
 #: Types whose ``provider`` the engine resolves (from the model when not given).
-_PRIMED = frozenset({"request", "error", "usage"})
+PRIMED = frozenset({"request", "error", "usage"})
 #: Distinct ``source`` labels of client drop reports kept (SPEC §8: every label is bounded).
 MAX_SOURCES = 1000
 
@@ -96,6 +96,10 @@ class Engine:
         self.tick_seconds = 0.0
         self.snapshot_: Snapshot | None = None
         self._frozen: dict[str, tuple[int, Any]] = {}
+        #: tracker name → the event types whose additive part other processes apply
+        #: (``--workers``): for those, this engine applies only the ordered part and adds
+        #: up the workers' deltas (:meth:`absorb`).
+        self.remote: dict[str, frozenset[str]] = {}
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -106,6 +110,8 @@ class Engine:
         if result.rejected:
             self.events_invalid.update(result.rejected)
         self.strings_truncated += result.truncated
+        if result.elided:
+            self.events_received.update(result.elided)
         batches = sorted(result.batches, key=lambda b: _TYPE_ORDER.get(b.type, 0))
         for batch in batches:
             self.apply_batch(batch, now, wall)
@@ -114,20 +120,33 @@ class Engine:
         self.version += 1
         ctx = Ctx(now, wall, self.version)
         self.events_received[batch.type] += batch.n
-        if batch.type in _PRIMED:
+        if batch.type in PRIMED:
             self.providers.resolve(batch)
         if batch.type == "client":
             self._client(batch)
+        remote = self.remote
         for tracker in self._routes[batch.type]:
+            if remote and batch.type in remote.get(tracker.name, ()):
+                tracker.apply_ordered(batch, ctx)  # type: ignore[attr-defined]
+                continue
             derived = tracker.apply(batch, ctx)
             if derived:
                 self._route_derived(tracker, derived, ctx)
+
+    def absorb(self, name: str, state: Any, now: float, wall: float) -> None:
+        """Add a worker's delta of tracker ``name`` (what its ``apply_additive`` recorded,
+        as its ``state``) to this engine's tracker of that name."""
+        tracker = next((t for t in self.trackers if t.name == name), None)
+        if tracker is None or name not in self.remote:
+            raise ValueError(f"no tracker {name!r} takes deltas")
+        self.version += 1
+        tracker.absorb(state, Ctx(now, wall, self.version))  # type: ignore[attr-defined]
 
     def _route_derived(self, origin: Tracker, derived: list[Batch], ctx: Ctx) -> None:
         """Hand batches a tracker derived to every *other* tracker of their type."""
         for extra in derived:
             self.events_derived[extra.type] += extra.n
-            if extra.type in _PRIMED:
+            if extra.type in PRIMED:
                 self.providers.resolve(extra)
             for other in self._routes[extra.type]:
                 if other is not origin:

@@ -98,13 +98,15 @@ def _ext(code: int, data: bytes) -> Any:
 
 
 def pack_result(result: DecodeResult, frames: int) -> bytes:
-    """One message: the frames it came from, rejections by reason, truncations, batches."""
+    """One message: the frames it came from, rejections by reason, truncations, batches,
+    and the accepted events a worker left out of them (applied there in full)."""
     return _packb(
         [
             frames,
             dict(result.rejected),
             result.truncated,
             [[b.type, b.n, b.const, b.cols] for b in result.batches],
+            dict(result.elided),
         ]
     )
 
@@ -117,9 +119,9 @@ def unpack_result(data: bytes) -> tuple[DecodeResult, int]:
         raise
     except Exception as exc:  # msgpack's own errors, whatever their class
         raise HandoffError(f"not a handoff message ({type(exc).__name__})") from None
-    if not (isinstance(body, list) and len(body) == 4):
+    if not (isinstance(body, list) and len(body) == 5):
         raise HandoffError("bad message")
-    frames, rejected, truncated, batches = body
+    frames, rejected, truncated, batches, elided = body
     if not (
         isinstance(frames, int)
         and frames >= 0
@@ -128,9 +130,11 @@ def unpack_result(data: bytes) -> tuple[DecodeResult, int]:
         and isinstance(truncated, int)
         and truncated >= 0
         and isinstance(batches, list)
+        and isinstance(elided, dict)
+        and all(k in EVENT_TYPES and isinstance(v, int) and v > 0 for k, v in elided.items())
     ):
         raise HandoffError("bad message header")
-    out = DecodeResult(rejected=Counter(rejected), truncated=truncated)
+    out = DecodeResult(rejected=Counter(rejected), truncated=truncated, elided=Counter(elided))
     for item in batches:
         out.batches.append(_batch(item))
     return out, frames

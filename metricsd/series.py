@@ -21,10 +21,27 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["OVERFLOW", "SeriesTable", "TableView"]
+__all__ = ["OVERFLOW", "SeriesTable", "TableView", "add_rows"]
 
 OVERFLOW: Final = "__overflow__"
+_MERGES: Final = frozenset({"add", "first", "last"})
 _START: Final = 16
+_SAFE: Final = 1 << 62
+
+
+def add_rows(acc: npt.NDArray[Any], ids: npt.NDArray[np.intp], values: npt.NDArray[Any]) -> Any:
+    """``acc[ids] += values`` exactly (ids may repeat): int64 while that cannot overflow,
+    Python ints beyond; returns the array, which is a new one after such a promotion."""
+    if acc.dtype != object and values.dtype != object and values.size:
+        peak = int(np.abs(values).max())
+        if peak < _SAFE and int(np.abs(acc).max(initial=0)) < _SAFE - peak * len(values):
+            np.add.at(acc, ids, values)
+            return acc
+    if not values.size:
+        return acc
+    acc = acc.astype(object)
+    np.add.at(acc, ids, values.astype(object))
+    return acc
 
 
 class TableView:
@@ -83,6 +100,7 @@ class SeriesTable:
         "_fills",
         "_free",
         "_held",
+        "_merge",
         "_view",
         "_view_shape",
         "arity",
@@ -115,6 +133,7 @@ class SeriesTable:
         self.versions = np.zeros(0, dtype=np.int64)
         self.arrays: dict[str, npt.NDArray[Any]] = {}
         self._fills: dict[str, Any] = {}
+        self._merge: dict[str, str] = {}
         self._free: list[int] = []
         self._held: deque[tuple[float, int]] = deque()
         self.overflowed = 0  # events folded into the overflow series (lifetime)
@@ -125,11 +144,22 @@ class SeriesTable:
     # --- per-series arrays ----------------------------------------------------------------
 
     def add_array(
-        self, name: str, tail: tuple[int, ...] = (), dtype: Any = np.int64, fill: Any = 0
+        self,
+        name: str,
+        tail: tuple[int, ...] = (),
+        dtype: Any = np.int64,
+        fill: Any = 0,
+        merge: str = "add",
     ) -> None:
-        """Register an array of shape (capacity, *tail) that grows with the table."""
+        """Register an array of shape (capacity, *tail) that grows with the table. ``merge``
+        says how :meth:`absorb` combines another table's value with this one's: ``add``
+        (counters and sums), ``first`` (a first-seen time: the earliest set one; unset is
+        the fill) or ``last`` (a gauge: the other table's value where it has one)."""
+        if merge not in _MERGES:
+            raise ValueError(f"unknown merge rule {merge!r}")
         self.arrays[name] = np.full((self.capacity, *tail), fill, dtype=dtype)
         self._fills[name] = fill
+        self._merge[name] = merge
 
     def _grow(self, capacity: int) -> None:
         old = self.capacity
@@ -266,17 +296,17 @@ class SeriesTable:
         }
         return state, rows
 
-    def restore(
-        self, state: Any, reader: Any, now: float, version: int = 0
-    ) -> npt.NDArray[np.intp]:
-        """Load saved series (beyond a lowered cap, the most recently seen are kept); returns
-        the new id of each saved row, −1 for one not kept. Every value is checked."""
-        r = reader
+    def _parse(
+        self, state: Any, r: Any
+    ) -> tuple[list[tuple[Any, ...]], npt.NDArray[np.float64], dict[str, npt.NDArray[Any]], int]:
+        """What :meth:`state` saved, every value checked: keys, last seen, arrays, overflowed."""
         m = r.map(state, self.name)
         keys = r.keys(m.get("keys"), f"{self.name}.keys", self.arity)
         seen = r.array(m.get("last_seen"), f"{self.name}.last_seen", np.float64, finite=True)
         if len(seen) != len(keys):
             raise r.fail("keys and last_seen differ in length", self.name)
+        if len(set(keys)) != len(keys):
+            raise r.fail("a key appears twice", self.name)
         arrays = r.map(m.get("arrays"), f"{self.name}.arrays")
         loaded: dict[str, npt.NDArray[Any]] = {}
         for name, arr in self.arrays.items():
@@ -290,16 +320,23 @@ class SeriesTable:
             if len(got) != len(keys):
                 raise r.fail(f"array {name} has {len(got)} rows, not {len(keys)}", self.name)
             loaded[name] = got
+        overflowed = r.int(m.get("overflowed"), f"{self.name}.overflowed", 0)
+        return keys, seen, loaded, overflowed
+
+    def restore(
+        self, state: Any, reader: Any, now: float, version: int = 0
+    ) -> npt.NDArray[np.intp]:
+        """Load saved series (beyond a lowered cap, the most recently seen are kept); returns
+        the new id of each saved row, −1 for one not kept. Every value is checked."""
+        keys, seen, loaded, overflowed = self._parse(state, reader)
         order = np.argsort(seen, kind="stable")[::-1][: self.max_series]
         out = np.full(len(keys), -1, dtype=np.intp)
         for row in sorted(order.tolist()):
-            if keys[row] in self.index:
-                raise r.fail("a key appears twice", self.name)
             sid = self._new(keys[row], 0, now)
             out[row] = sid
             self.last_seen[sid] = seen[row]
             self.versions[sid] = version
-        self.overflowed = r.int(m.get("overflowed"), f"{self.name}.overflowed", 0)
+        self.overflowed = overflowed
         keep = out >= 0
         for name, got in loaded.items():
             arr = self.arrays[name]
@@ -307,3 +344,49 @@ class SeriesTable:
                 arr = self.arrays[name] = arr.astype(object)
             arr[out[keep]] = got[keep]
         return out
+
+    def absorb(
+        self,
+        state: Any,
+        reader: Any,
+        now: float,
+        version: int,
+        counts: Callable[[int], npt.NDArray[Any]] | str | None = None,
+    ) -> npt.NDArray[np.intp]:
+        """Merge another table's :meth:`state` into this one (``--workers``: a worker's
+        delta): its series are looked up or created here (folded at the cap like any new
+        label set), their arrays combined by each array's merge rule. ``counts`` gives the
+        events behind each saved row, for the overflow counter: a function of the number of
+        rows, or the name of the array that counts them (default ``count``; one each
+        without it).
+        Returns this table's id of each saved row."""
+        keys, _seen, loaded, overflowed = self._parse(state, reader)
+        if callable(counts):
+            weights = counts(len(keys))
+        elif (counts or "count") in loaded:
+            weights = loaded[counts or "count"]
+            if weights.ndim > 1:  # e.g. bucket counts: the events are their sum
+                weights = weights.sum(axis=tuple(range(1, weights.ndim)))
+        else:
+            weights = np.ones(len(keys), dtype=np.int64)
+        # Events the other table already folded were counted there (``overflowed``).
+        fold = (OVERFLOW,) * self.arity
+        weights = np.where([key == fold for key in keys], 0, weights) if fold in keys else weights
+        ids = self.ids(keys, weights, now, version)
+        self.overflowed += overflowed
+        for name, got in loaded.items():
+            rule = self._merge[name]
+            arr = self.arrays[name]
+            if rule == "add":
+                self.arrays[name] = add_rows(arr, ids, got)
+            elif rule == "first":
+                fill = self._fills[name]
+                have = arr[ids]
+                take = (got != fill) & ((have == fill) | (got < have))
+                # One at a time: two saved rows may fold into one series here.
+                for sid, value in zip(ids[take].tolist(), got[take].tolist(), strict=True):
+                    if arr[sid] == fill or value < arr[sid]:
+                        arr[sid] = value
+            else:  # last
+                arr[ids] = got
+        return ids

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -241,6 +242,41 @@ class CounterLog:
             _load_sparse(s, remap, self.fields, r, f"{path}.long")
             for s in r.list(m.get("long"), f"{path}.long", 10_000)
         )
+
+    def saved_sums(self, state: Any, rows: int, r: Any, path: str) -> FloatArray:
+        """Per saved row, the sums of every field over a saved :meth:`state`'s short ring
+        (all a worker's delta holds: it spans less than that ring)."""
+        m = r.map(state, path)
+        out = np.zeros((rows, self.fields), dtype=np.float64)
+        for raw in r.list(m.get("short"), f"{path}.short", 10_000):
+            s = _load_sparse(raw, np.arange(rows, dtype=np.intp), self.fields, r, f"{path}.short")
+            np.add.at(out, s.ids, s.values)
+        return out
+
+    def absorb(
+        self, state: Any, remap: npt.NDArray[np.intp], r: Any, path: str, now: float
+    ) -> None:
+        """Add another log's :meth:`state` (``--workers``: a worker's delta) to this one;
+        ``remap`` gives this log's id of each saved row (rows may share one: a fold)."""
+        m = r.map(state, path)
+        short, long = (
+            [
+                _load_sparse(s, remap, self.fields, r, f"{path}.{ring}")
+                for s in r.list(m.get(ring), f"{path}.{ring}", 10_000)
+            ]
+            for ring in ("short", "long")
+        )
+        self._advance(now)
+        for slots, open_, ring in (
+            (short, self._slot, self._short),
+            (long, self._group, self._long),
+        ):
+            for s in slots:
+                if s.index >= open_.index:
+                    if s.ids.size:
+                        open_.add(s.ids, s.values)
+                else:
+                    _absorb_closed(ring, s, _sparse_sum)
 
 
 def _save_sparse(s: _Sparse, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
@@ -547,6 +583,36 @@ class HistLog:
         )
         self.clamped = r.int(m.get("clamped"), f"{path}.clamped", 0)
 
+    def absorb(
+        self, state: Any, remap: npt.NDArray[np.intp], r: Any, path: str, now: float
+    ) -> None:
+        """Add another log's :meth:`state` (``--workers``: a worker's delta) to this one;
+        ``remap`` gives this log's id of each saved row (rows may share one: a fold)."""
+        m = r.map(state, path)
+        length = self.layout.counts_len
+        short, long = (
+            [
+                _load_hist(s, remap, length, r, f"{path}.{ring}", seal=False)
+                for s in r.list(m.get(ring), f"{path}.{ring}", 10_000)
+            ]
+            for ring in ("short", "long")
+        )
+        self.clamped += r.int(m.get("clamped"), f"{path}.clamped", 0)
+        self._advance(now)
+        for slots, open_, ring in (
+            (short, self._slot, self._short),
+            (long, self._group, self._long),
+        ):
+            for s in slots:
+                if s.index >= open_.index:
+                    if s.ids.size:
+                        keys, counts = _compact([s.entries()], unique=False)
+                        open_.add(
+                            HistEntries(keys, counts, s.ids, s.count, s.total, s.lo, s.hi), length
+                        )
+                else:
+                    _absorb_closed(ring, s, _hist_sum)
+
 
 def _save_hist(s: _HistSlot, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
     """A slot with ids renumbered to saved rows; buckets as (row, index, count) columns."""
@@ -573,7 +639,9 @@ def _save_hist(s: _HistSlot, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
     }
 
 
-def _load_hist(s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: str) -> _HistSlot:
+def _load_hist(
+    s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: str, seal: bool = True
+) -> _HistSlot:
     m = r.map(s, path)
     rows = _remapped(r.array(m.get("rows"), f"{path}.rows", np.int64), remap, r, path)
     buckets = r.array(m.get("buckets"), f"{path}.buckets", np.int64)
@@ -599,7 +667,7 @@ def _load_hist(s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: s
     if np.isnan(lo).any() or np.isnan(hi).any():
         raise r.fail("a NaN minimum or maximum", path)
     fine = ids >= 0
-    return _HistSlot(
+    slot = _HistSlot(
         r.int(m.get("index"), f"{path}.index", hi=INT64_MAX),
         keys[order],
         counts[ok][order],
@@ -608,7 +676,47 @@ def _load_hist(s: Any, remap: npt.NDArray[np.intp], length: int, r: Any, path: s
         total[fine],
         lo[fine],
         hi[fine],
-    ).sealed()
+    )
+    return slot.sealed() if seal else slot
+
+
+def _absorb_closed(ring: deque[Any], s: Any, combine: Callable[[list[Any]], Any]) -> None:
+    """Put a closed slot of another log into ``ring`` (sorted by index): combined with the
+    ring's slot of the same index, or inserted in its place (one older than the ring keeps
+    goes at the next move of the open slot, as the ring's own would have)."""
+    pos = len(ring)
+    while pos and ring[pos - 1].index > s.index:
+        pos -= 1
+    if pos and ring[pos - 1].index == s.index:
+        ring[pos - 1] = combine([ring[pos - 1], s])
+    else:
+        ring.insert(pos, combine([s]))
+
+
+def _sparse_sum(parts: list[_Sparse]) -> _Sparse:
+    """Counter slots of one index as one (ids unique and sorted, values summed)."""
+    ids = np.concatenate([p.ids for p in parts])
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    values = np.zeros((len(uniq), parts[0].values.shape[1]), dtype=np.float64)
+    np.add.at(values, inverse.reshape(-1), np.concatenate([p.values for p in parts]))
+    return _Sparse(parts[0].index, uniq, values)
+
+
+def _hist_sum(parts: list[_HistSlot]) -> _HistSlot:
+    """Histogram slots of one index as one, sealed (bucket counts and stats combined)."""
+    keys, counts = _compact([p.entries() for p in parts], unique=False)
+    ids = np.concatenate([p.ids for p in parts])
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    count = np.zeros(len(uniq), dtype=np.int64)
+    np.add.at(count, inverse, np.concatenate([p.count for p in parts]))
+    total = np.zeros(len(uniq), dtype=object)
+    np.add.at(total, inverse, np.concatenate([p.total for p in parts]))
+    lo = np.full(len(uniq), math.inf)
+    np.minimum.at(lo, inverse, np.concatenate([p.lo for p in parts]))
+    hi = np.full(len(uniq), -math.inf)
+    np.maximum.at(hi, inverse, np.concatenate([p.hi for p in parts]))
+    return _HistSlot(parts[0].index, keys, counts, uniq, count, total, lo, hi).sealed()
 
 
 @dataclass(frozen=True, slots=True)

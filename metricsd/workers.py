@@ -46,10 +46,13 @@ from typing import Any, Final
 
 import zmq
 
+from metricsd.config import Config
 from metricsd.decode import DecodeResult
 from metricsd.engine import Engine
 from metricsd.export.prometheus import Family
 from metricsd.handoff import HandoffError, unpack_result
+from metricsd.persist import Reader, StateError, unpack_state
+from metricsd.schema import EVENT_TYPES
 from metricsd.validate import Limits
 
 __all__ = ["CHUNK_BYTES", "CHUNK_FRAMES", "IN_FLIGHT", "WorkerPool"]
@@ -57,7 +60,7 @@ __all__ = ["CHUNK_BYTES", "CHUNK_FRAMES", "IN_FLIGHT", "WorkerPool"]
 log = logging.getLogger("metricsd.workers")
 
 #: A chunk holds at most this many frames …
-CHUNK_FRAMES: Final = 32
+CHUNK_FRAMES: Final = 128
 #: … or about this many bytes (whichever comes first).
 CHUNK_BYTES: Final = 2 << 20
 #: Chunks a worker may hold at once (one decoding, the next queued).
@@ -66,6 +69,19 @@ IN_FLIGHT: Final = 2
 LINGER: Final = 0.02
 #: A worker not connected this long after its start is restarted.
 START_TIMEOUT: Final = 30.0
+
+
+#: Tracker name → the event types whose additive part the workers apply (the serving process
+#: applies the ordered rest, and adds up the workers' deltas).
+REMOTE: Final = {
+    "requests": frozenset({"request", "error", "cache"}),
+    "errors": frozenset({"request", "error"}),
+    "slo": frozenset({"request", "error"}),
+    "cost": frozenset({"request", "usage"}),
+    "streaming": frozenset({"request"}),
+}
+#: The config sections those trackers read.
+_SECTIONS: Final = ("engine", "limits", "prometheus", "providers", "streaming", "slo", "cost")
 
 
 @dataclasses.dataclass(slots=True)
@@ -77,6 +93,8 @@ class _Worker:
     ready: bool = False
     started: float = 0.0
     load: int = 0
+    #: Frames of chunks this worker applied whose delta has not been added up yet.
+    unmerged: int = 0
 
 
 class WorkerPool:
@@ -118,6 +136,20 @@ class WorkerPool:
         self.lost_frames = 0
         self.bad_results = 0
         self.chunks = 0
+        self.deltas = 0
+        #: What the workers apply (see REMOTE), limited to the trackers the engine has.
+        names = {t.name for t in engine.trackers}
+        self.remote = {name: types for name, types in REMOTE.items() if name in names}
+        config = engine.config.to_dict()
+        self._config = {section: config[section] for section in _SECTIONS}
+        #: Types every tracker of the engine applies remotely: a worker sends back only the
+        #: rows of their batches that the ordered parts read.
+        self.elide = sorted(
+            t
+            for t in EVENT_TYPES
+            if (routed := [k for k in engine.trackers if t in k.event_types])
+            and all(t in self.remote.get(k.name, ()) for k in routed)
+        )
 
     def _endpoint(self, name: str) -> str:
         return f"ipc://{os.path.join(self.dir, name)}"
@@ -125,6 +157,7 @@ class WorkerPool:
     # --- processes ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.engine.remote = dict(self.remote)
         for worker in self.workers:
             self._spawn(worker)
 
@@ -142,12 +175,18 @@ class WorkerPool:
         worker.socket = sock
         worker.ready = False
         worker.load = 0
+        worker.unmerged = 0
         worker.started = time.monotonic()
         spec = {
             "index": worker.index,
+            "generation": worker.generation,
             "input": endpoint,
             "results": self._endpoint("results"),
             "limits": dataclasses.asdict(self.limits),
+            "apply": {name: sorted(types) for name, types in self.remote.items()},
+            "elide": self.elide,
+            "merge_interval": self.engine.config.engine.merge_interval,
+            "config": self._config,
         }
         worker.proc = subprocess.Popen(
             [self.python, "-m", "metricsd.worker", json.dumps(spec)],
@@ -164,7 +203,8 @@ class WorkerPool:
             if not (dead or late):
                 continue
             lost = [seq for seq, (w, _n) in self._held.items() if w == worker.index]
-            frames = sum(self._held[seq][1] for seq in lost)
+            # Its chunks, and what it applied of earlier ones since its last delta.
+            frames = sum(self._held[seq][1] for seq in lost) + worker.unmerged
             for seq in lost:
                 del self._held[seq]
                 self._done[seq] = None
@@ -183,6 +223,24 @@ class WorkerPool:
                     proc.wait(1.0)
             self._spawn(worker)
         self._apply_ready(float("inf"))
+
+    def _control(self, message: list[bytes], only_unmerged: bool = False) -> None:
+        for worker in self.workers:
+            if worker.socket is None or (only_unmerged and not worker.unmerged):
+                continue
+            with contextlib.suppress(zmq.ZMQError):
+                worker.socket.send_multipart(message, zmq.NOBLOCK)
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP (on the engine thread, after the engine's own reload): every worker sends
+        what it added up with the old prices and SLOs, then takes the new ones."""
+        data = config.to_dict()
+        self._config = {section: data[section] for section in _SECTIONS}
+        self._control([b"reload", json.dumps(self._config).encode()])
+
+    def flush(self) -> None:
+        """Ask the workers holding unmerged work for their deltas now."""
+        self._control([b"flush"], only_unmerged=True)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every worker to stop (after the drain), wait for them, remove the sockets."""
@@ -216,7 +274,12 @@ class WorkerPool:
 
     @property
     def idle(self) -> bool:
-        return not self._held and not self._done and not self._staged
+        return (
+            not self._held
+            and not self._done
+            and not self._staged
+            and not any(w.unmerged for w in self.workers)
+        )
 
     def has_room(self) -> bool:
         """Whether the next chunk has somewhere to go (else the ingest socket is left alone)."""
@@ -272,7 +335,10 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         worker = min((w for w in self.workers if w.ready), key=lambda w: w.load)
-        chunk: list[Any] = [struct.pack("<Q", self._seq), *self._staged]
+        # The worker decodes and applies as of now: the clock and the arrival time (the
+        # default ``ts``; ``wall`` pins only what the engine applies, for tests).
+        clock = struct.pack("<dd", self.now(), time.time())
+        chunk: list[Any] = [struct.pack("<Q", self._seq), clock, *self._staged]
         frames = len(self._staged)
         self._staged.clear()
         self._staged_bytes = 0
@@ -307,6 +373,9 @@ class WorkerPool:
             if 0 <= index < self.count:
                 self.workers[index].ready = True
             return
+        if len(message) == 4 and message[0] == b"delta":
+            self._delta(message)
+            return
         if len(message) != 3 or len(message[0]) != 8 or len(message[1]) != 8:
             self.bad_results += 1
             return
@@ -316,6 +385,8 @@ class WorkerPool:
             return  # a chunk already counted as lost
         index, frames = held
         self.workers[index].load -= 1
+        if self.remote:
+            self.workers[index].unmerged += frames
         try:
             result, count = unpack_result(message[2])
             if count != frames:
@@ -328,6 +399,32 @@ class WorkerPool:
             return
         (wall,) = struct.unpack("<d", message[1])
         self._done[seq] = (result, frames, wall)
+
+    def _delta(self, message: list[bytes]) -> None:
+        """Add a worker's delta to the engine's trackers (one from a worker since replaced
+        was counted lost with it, and is dropped)."""
+        if len(message[1]) != 16 or len(message[2]) != 8:
+            self.bad_results += 1
+            return
+        index, generation = struct.unpack("<QQ", message[1])
+        (frames,) = struct.unpack("<Q", message[2])
+        if index >= self.count or self.workers[index].generation != generation:
+            return
+        worker = self.workers[index]
+        frames = min(frames, worker.unmerged)
+        worker.unmerged -= frames
+        now = self.now()
+        wall = self.wall() if self.wall is not None else time.time()
+        try:
+            state = Reader("delta").map(unpack_state(message[3]))
+            for name, value in state.items():
+                self.engine.absorb(name, value, now, wall)
+        except (StateError, ValueError) as exc:
+            self.bad_results += 1
+            self.lost_frames += frames
+            log.error("a worker sent an unreadable delta (%s): %d frames lost", exc, frames)
+            return
+        self.deltas += 1
 
     def _apply_ready(self, deadline: float) -> int:
         applied = 0
@@ -351,6 +448,7 @@ class WorkerPool:
         taken = 0
         deadline = time.monotonic() + seconds
         last = time.monotonic()
+        asked = 0.0
         poller = zmq.Poller()
         poller.register(self.results, zmq.POLLIN)
         while (now := time.monotonic()) < deadline:
@@ -358,7 +456,10 @@ class WorkerPool:
             taken += n
             if n:
                 last = now
-            if self._held or self._done or self._staged:
+            if not self.idle:  # chunks out, results to apply, or deltas to come
+                if not (self._held or self._done or self._staged) and now - asked > 0.1:
+                    self.flush()  # only deltas are missing: ask for them
+                    asked = now
                 poller.poll(5)
                 self.collect(0.05)
                 self.check()
@@ -367,6 +468,7 @@ class WorkerPool:
                 return taken, 0
             sock.poll(timeout=20)
         left = sum(frames for _w, frames in self._held.values()) + len(self._staged)
+        left += sum(w.unmerged for w in self.workers)
         self._staged.clear()
         self.lost_frames += left
         while True:
@@ -381,16 +483,17 @@ class WorkerPool:
     # --- self-metrics ---------------------------------------------------------------------
 
     def families(self) -> list[Family]:
-        workers = Family("metricsd_workers", "gauge", "Decode worker processes (--workers).")
+        workers = Family("metricsd_workers", "gauge", "Worker processes (--workers).")
         workers.add(self.count)
         restarts = Family(
-            "metricsd_worker_restarts", "counter", "Decode workers restarted after they died."
+            "metricsd_worker_restarts", "counter", "Workers restarted after they died."
         )
         restarts.counter(self.restarts)
         lost = Family(
             "metricsd_worker_lost_frames",
             "counter",
-            "Frames lost with a decode worker that died holding them (or sent a bad result).",
+            "Frames lost with a worker that died holding them or their delta (or sent a bad "
+            "result).",
         )
         lost.counter(self.lost_frames)
         return [workers, restarts, lost]

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from metricsd.batch import UNKNOWN, Batch, Cat, Groups
+from metricsd.series import add_rows
 from metricsd.window import rate
 
 __all__ = [
@@ -49,21 +50,6 @@ def group_sums(values: npt.NDArray[Any], groups: Groups) -> npt.NDArray[Any]:
     out = np.zeros(size, dtype=object)
     np.add.at(out, groups.codes, values.astype(object))
     return out
-
-
-def add_rows(acc: npt.NDArray[Any], ids: npt.NDArray[np.intp], values: npt.NDArray[Any]) -> Any:
-    """``acc[ids] += values`` exactly (ids may repeat): int64 while that cannot overflow,
-    Python ints beyond; returns the array, which is a new one after such a promotion."""
-    if acc.dtype != object and values.dtype != object and values.size:
-        peak = int(np.abs(values).max())
-        if peak < _SAFE and int(np.abs(acc).max(initial=0)) < _SAFE - peak * len(values):
-            np.add.at(acc, ids, values)
-            return acc
-    if not values.size:
-        return acc
-    acc = acc.astype(object)
-    np.add.at(acc, ids, values.astype(object))
-    return acc
 
 
 class Providers:

@@ -38,7 +38,7 @@ from metricsd.budgets import (
 )
 from metricsd.config import Config
 from metricsd.persist import Reader
-from metricsd.pricing import load_pricing, to_pico
+from metricsd.pricing import PriceTable, load_pricing, to_pico
 from metricsd.series import OVERFLOW, SeriesTable
 from metricsd.trackers.base import Ctx, add_rows
 from metricsd.trackers.cost_calc import GroupCost, Quantities, price_rows
@@ -61,10 +61,12 @@ class CostTracker:
     event_types = frozenset({"request", "usage"})
     live_category = "cost"
 
-    def __init__(self, config: Config, start: float, wall_start: float) -> None:
+    def __init__(
+        self, config: Config, start: float, wall_start: float, pricing: PriceTable | None = None
+    ) -> None:
         self.config = config
         cost = config.cost
-        self.pricing = load_pricing(cost)
+        self.pricing = load_pricing(cost) if pricing is None else pricing
         self.tz = ZoneInfo(cost.timezone)
         cap, ttl = config.limits.max_series, config.limits.series_ttl
         self.bounds = np.array([to_pico(b) for b in config.prometheus.cost_buckets], dtype=np.int64)
@@ -103,9 +105,19 @@ class CostTracker:
     # --- writes ---------------------------------------------------------------------------
 
     def apply(self, batch: Batch, ctx: Ctx) -> None:
-        """Price and record a batch (nothing derived)."""
+        """Price and record a batch (nothing derived), and check the budgets it touched."""
+        touched = self.apply_additive(batch, ctx)
+        if touched:
+            self._check_budgets(touched, ctx.wall)
+
+    def apply_ordered(self, batch: Batch, ctx: Ctx) -> None:
+        """Nothing of a batch depends on its order here (``--workers``: :meth:`absorb` adds
+        up what the workers priced, and checks the budgets)."""
+
+    def apply_additive(self, batch: Batch, ctx: Ctx) -> set[str]:
+        """Price and record a batch; returns the keys it touched."""
         if batch.n == 0:
-            return
+            return set()
         now, wall = ctx.now, ctx.wall
         self.wall_offset = wall - now
         self.dirty = True
@@ -151,7 +163,55 @@ class CostTracker:
             g = price_rows(q, res, includes, self.pricing, model)
             key = self._record(model, endpoint, key, g, q, _take(sync, rows), ctx, hour, day)
             touched.add(key)
-        self._check_budgets(touched, wall)
+        return touched
+
+    def absorb(self, state: Any, ctx: Ctx) -> None:
+        """Add a worker's :meth:`state` of :meth:`apply_additive` (``--workers``): totals by
+        key, model and endpoint, time buckets, histograms, then the budgets of the keys it
+        touched are checked as :meth:`apply` checks them. The worker's budgets, alerts and
+        suggestions (it keeps none of its own) are not used."""
+        r = Reader("cost delta")
+        m = r.map(state)
+        now, version = ctx.now, ctx.version
+        self.wall_offset = ctx.wall - now
+        self.series.absorb(m.get("series"), r, now, version)
+        self.hist.absorb(m.get("hist"), r, now, version)
+        cap = self.config.limits.max_series
+        self.all.merge(Totals.restore(m.get("all"), r, "all", cap))
+        keys = r.map(m.get("keys"), "keys")
+        if len(keys) > self.config.cost.max_keys + 1:
+            raise r.fail("more keys than cost.max_keys", "keys")
+        touched: set[str] = set()
+        for raw, value in keys.items():
+            key, totals = self._key(r.str(raw, "keys"))
+            totals.merge(Totals.restore(value, r, f"keys.{raw}", 64))
+            touched.add(key)
+        self.keys_overflowed += r.int(m.get("keys_overflowed"), "keys_overflowed", 0)
+        for model, count in r.counts(m.get("unpriced"), "unpriced", 1001).items():
+            name = model if model in self.unpriced or len(self.unpriced) < 1000 else OVERFLOW
+            self.unpriced[name] = self.unpriced.get(name, 0) + count
+        self.clamped += r.int(m.get("clamped"), "clamped", 0)
+        savings = r.map(m.get("cache_savings"), "cache_savings")
+        for model, values in savings.items():
+            items = [r.int(v, "cache_savings") for v in r.list(values, "cache_savings", 4)]
+            if len(items) != 4:
+                raise r.fail("not four amounts", "cache_savings")
+            saved = self.cache_savings
+            name = (
+                model if model in saved or len(saved) < self.config.limits.max_series else OVERFLOW
+            )
+            entry = saved.setdefault(name, [0, 0, 0, 0])
+            for i, v in enumerate(items):
+                entry[i] += v
+        batch = r.list(m.get("batch_savings"), "batch_savings", 3)
+        if len(batch) != 3:
+            raise r.fail("not three amounts", "batch_savings")
+        for i, v in enumerate(batch):
+            self.batch_savings[i] += r.int(v, "batch_savings", 0)
+        self.suggest_due |= touched
+        self._changed |= touched
+        self.dirty = True
+        self._check_budgets(touched, ctx.wall)
 
     def _record(
         self,

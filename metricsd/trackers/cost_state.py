@@ -137,16 +137,32 @@ class Totals:
         self.by_model[model] = self.by_model.get(model, 0) + cost
         endpoint = self._label(self.by_endpoint, endpoint)
         self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + cost
-        if hour not in self.hours:
-            for old in [h for h in self.hours if h <= hour - HOURS_KEPT]:
-                del self.hours[old]
-            self.hours[hour] = 0
-        self.hours[hour] += cost
-        if day not in self.days:
-            for old in [d for d in self.days if d <= day - KEEP_DAYS]:
-                del self.days[old]
-            self.days[day] = 0
-        self.days[day] += cost
+        _bucket(self.hours, hour, cost, HOURS_KEPT)
+        _bucket(self.days, day, cost, KEEP_DAYS)
+
+    def merge(self, other: Totals) -> None:
+        """Add another key's totals (``--workers``: a worker's delta) to these."""
+        self.total += other.total
+        self.requests += other.requests
+        for i, t in enumerate(other.tokens):
+            self.tokens[i] += t
+        for table, theirs in (
+            (self.by_model, other.by_model),
+            (self.by_endpoint, other.by_endpoint),
+        ):
+            for name, cost in theirs.items():
+                if name != OVERFLOW:  # what the other folded was counted there
+                    name = self._label(table, name)
+                table[name] = table.get(name, 0) + cost
+        for hour, cost in other.hours.items():
+            _bucket(self.hours, hour, cost, HOURS_KEPT)
+        for day, cost in other.days.items():
+            _bucket(self.days, day, cost, KEEP_DAYS)
+        for model, ring in other.usage.items():
+            mine = self.usage_ring(model)
+            if mine is not None:
+                mine.merge(ring)
+        self.overflowed += other.overflowed
 
     def copy(self) -> Totals:
         """A copy that later additions to this one do not change (for a snapshot)."""
@@ -217,6 +233,15 @@ class Totals:
         return ring
 
 
+def _bucket(buckets: dict[int, int], index: int, cost: int, keep: int) -> None:
+    """Add to one time bucket; a new bucket drops those ``keep`` or more older than it."""
+    if index not in buckets:
+        for old in [b for b in buckets if b <= index - keep]:
+            del buckets[old]
+        buckets[index] = 0
+    buckets[index] += cost
+
+
 def _amounts(value: Any, r: Any, path: str, limit: int) -> dict[str, int]:
     m = r.map(value, path)
     if len(m) > limit:
@@ -256,6 +281,17 @@ class UsageRing:
             self.idx[pos] = day
             self.data[pos] = 0.0
         self.data[pos] += values
+
+    def merge(self, other: UsageRing) -> None:
+        """Add another ring's days; a day older than the one this ring holds in its place is
+        gone here already."""
+        for pos in range(USAGE_DAYS):
+            day = int(other.idx[pos])
+            if day == self.idx[pos]:
+                self.data[pos] += other.data[pos]
+            elif day > self.idx[pos]:
+                self.idx[pos] = day
+                self.data[pos] = other.data[pos]
 
     def window(self, now: float, days: int, since: float) -> tuple[dict[str, float], float]:
         """Sums over the current day and the ``days − 1`` before it, and the span covered

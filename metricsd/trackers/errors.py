@@ -84,17 +84,43 @@ class ErrorTracker:
 
     def apply(self, batch: Batch, ctx: Ctx) -> None:
         """Count a batch of outcomes; the error rows also feed patterns and bursts."""
+        self.apply_additive(batch, ctx)
+        self.apply_ordered(batch, ctx)
+
+    def apply_additive(self, batch: Batch, ctx: Ctx) -> None:
+        """The counts of outcomes and errors (``--workers``: what a worker adds up)."""
         if batch.n == 0:
             return
         self.dirty = True
-        errors = is_error(batch)
-        n_errors = int(np.count_nonzero(errors))
+        n_errors = int(np.count_nonzero(is_error(batch)))
         self.total_requests += batch.n
         self.total_errors += n_errors
         self.window.add(ctx.now, _ONE, (batch.n, n_errors))
+
+    def apply_ordered(self, batch: Batch, ctx: Ctx) -> None:
+        """The error rows, in arrival order: patterns, distributions, recent errors, bursts."""
+        if batch.n == 0:
+            return
+        errors = is_error(batch)
+        n_errors = int(np.count_nonzero(errors))
         if n_errors:
+            self.dirty = True
             self._errors(batch.take(errors) if n_errors < batch.n else batch, ctx)
             self.bursts.add(ctx.now, ctx.wall, n_errors)
+
+    @staticmethod
+    def ordered_rows(batch: Batch) -> Any:
+        """The rows :meth:`apply_ordered` reads: the failed ones."""
+        return is_error(batch)
+
+    def absorb(self, state: Any, ctx: Ctx) -> None:
+        """Add a worker's :meth:`state` of :meth:`apply_additive` (``--workers``)."""
+        r = Reader("errors delta")
+        m = r.map(state)
+        self.total_requests += r.int(m.get("total_requests"), "total_requests", 0)
+        self.total_errors += r.int(m.get("total_errors"), "total_errors", 0)
+        self.window.absorb(m.get("window"), np.zeros(1, dtype=np.intp), r, "window", ctx.now)
+        self.dirty = True
 
     def _errors(self, failed: Batch, ctx: Ctx) -> None:
         now, wall = ctx.now, ctx.wall

@@ -58,7 +58,7 @@ class RequestTracker:
         prom = config.prometheus
         buckets = len(prom.duration_buckets) + 1
         self.series = s = SeriesTable("requests", 3, cap, ttl, hold=geometry.long_seconds)
-        s.add_array("first_seen", (), np.float64, -1.0)
+        s.add_array("first_seen", (), np.float64, -1.0, merge="first")
         s.add_array("errors")
         s.add_array("tokens", (len(TOKEN_TYPES),))
         s.add_array("dur_b", (buckets,))
@@ -82,8 +82,8 @@ class RequestTracker:
         self.cache = SeriesTable("cache", 2, cap, ttl)
         self.cache.add_array("stats", (len(CACHE_FIELDS),))
         self.queues = SeriesTable("queues", 1, cap, ttl)
-        self.queues.add_array("depth", (), np.float64, 0.0)
-        self.queues.add_array("capacity", (), np.float64, 0.0)
+        self.queues.add_array("depth", (), np.float64, 0.0, merge="last")
+        self.queues.add_array("capacity", (), np.float64, 0.0, merge="last")
         self.recent = RecentRing(config.engine.recent_size)
         self._duration_bounds = np.asarray(prom.duration_buckets, dtype=np.float64)
         self._token_bounds = np.asarray(prom.token_buckets, dtype=np.float64)
@@ -104,6 +104,12 @@ class RequestTracker:
 
     def apply(self, batch: Batch, ctx: Ctx) -> None:
         """Record a batch (nothing derived)."""
+        self.apply_additive(batch, ctx)
+        self.apply_ordered(batch, ctx)
+
+    def apply_additive(self, batch: Batch, ctx: Ctx) -> None:
+        """The part of :meth:`apply` whose result does not depend on the order of batches:
+        what a worker process records (``--workers``) for :meth:`absorb` to add up."""
         if batch.n == 0:
             return
         self.dirty = True
@@ -113,6 +119,20 @@ class RequestTracker:
             self._cache(batch, ctx)
         elif batch.type == "queue":
             self._queue(batch, ctx)
+
+    def apply_ordered(self, batch: Batch, ctx: Ctx) -> None:
+        """The rest: the ring of recent outcomes, kept in arrival order by the serving
+        process whichever process adds up the rest."""
+        if batch.n and batch.type in ("request", "error"):
+            self.dirty = True
+            self._recent(batch, is_error(batch))
+
+    def ordered_rows(self, batch: Batch) -> Any:
+        """The rows :meth:`apply_ordered` reads: the newest the ring keeps."""
+        keep = np.zeros(batch.n, dtype=bool)
+        if batch.type in ("request", "error") and self.recent.size:
+            keep[-self.recent.size :] = True
+        return keep
 
     def _outcomes(self, batch: Batch, ctx: Ctx) -> None:
         now, version = ctx.now, ctx.version
@@ -154,7 +174,6 @@ class RequestTracker:
         counts["count"] = add_rows(counts["count"], status_ids, labels.counts)
         if n_errors.any():
             self._errors(batch.take(errors), ctx)
-        self._recent(batch, errors)
 
     def _durations(
         self, batch: Batch, codes: Any, sids: np.ndarray[Any, Any], size: int, now: float
@@ -330,6 +349,26 @@ class RequestTracker:
         for name in _TABLES:
             getattr(self, name).restore(m.get(name), r, now)
         self.recent.restore_rows(r.list(m.get("recent"), "recent", self.recent.size), r)
+        self.dirty = True
+
+    def absorb(self, state: Any, ctx: Ctx) -> None:
+        """Add a worker's :meth:`state` of :meth:`apply_additive` (``--workers``) to this
+        tracker: series by their labels, counters and histograms slot by slot. Its recent
+        ring (empty: that part is applied here) and start time are not used."""
+        r = Reader("requests delta")
+        m = r.map(state)
+        now, version = ctx.now, ctx.version
+        window = m.get("window")
+
+        def events(rows: int) -> Any:  # the requests field: every outcome event
+            return self.window.saved_sums(window, rows, r, "window")[:, 0].astype(np.int64)
+
+        remap = self.series.absorb(m.get("series"), r, now, version, events)
+        self.window.absorb(window, remap, r, "window", now)
+        self.latency.absorb(m.get("latency"), remap, r, "latency", now)
+        self.queue_wait.absorb(m.get("queue_wait"), remap, r, "queue_wait", now)
+        for name in _TABLES:
+            getattr(self, name).absorb(m.get(name), r, now, version)
         self.dirty = True
 
 

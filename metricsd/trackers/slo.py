@@ -36,7 +36,7 @@ import numpy.typing as npt
 from metricsd.batch import Batch
 from metricsd.config import Config, SloConfig
 from metricsd.outcomes import status_column
-from metricsd.persist import INT64_MAX
+from metricsd.persist import INT64_MAX, Reader
 from metricsd.series import SeriesTable
 from metricsd.trackers.base import Ctx
 from metricsd.window import CounterLog, Geometry
@@ -98,6 +98,19 @@ class CountRing:
         row = self.counts[self._advance(now) % len(self.counts)]
         row[0] += total
         row[1] += bad
+
+    def merge(self, counts: npt.NDArray[np.int64], head: int | None) -> None:
+        """Add another ring's slots (``--workers``: a worker's delta); those older than this
+        ring keeps are gone here already."""
+        if head is None:
+            return
+        size = len(self.counts)
+        mine = self._advance(head * self.slot_seconds)
+        first = max(head, mine) - size + 1
+        index = np.arange(max(head - size + 1, first), head + 1) % size
+        self.counts[index] += counts[index]
+        self._closed = {}
+        self._closed_head = None
 
     def sums(self, now: float, seconds: float) -> tuple[int, int]:
         """(outcomes, bad) over the current slot and the ``ceil(seconds/slot) − 1`` before."""
@@ -285,6 +298,12 @@ class SloTracker:
         self.dirty = True
 
     def apply(self, batch: Batch, ctx: Ctx) -> None:
+        self.apply_additive(batch, ctx)
+
+    def apply_ordered(self, batch: Batch, ctx: Ctx) -> None:
+        """Nothing of a batch depends on its order here (``--workers``)."""
+
+    def apply_additive(self, batch: Batch, ctx: Ctx) -> None:
         if batch.n == 0:
             return
         now = ctx.now
@@ -303,6 +322,35 @@ class SloTracker:
             keys = [(groups.keys[i][0],) for i in chosen]
             ids = slo.endpoints.ids(keys, totals, now, ctx.version)
             slo.endpoint_window.add(now, ids, np.column_stack([totals, bads]))
+
+    def absorb(self, state: Any, ctx: Ctx) -> None:
+        """Add a worker's :meth:`state` of :meth:`apply_additive` (``--workers``): each SLO's
+        counts by name (alerts are evaluated here, on the tick, from the sums)."""
+        r = Reader("slo delta")
+        m = r.map(state)
+        now = ctx.now
+        self._wall_offset = ctx.wall - now
+        saved = r.map(m.get("slos"), "slos")
+        for slo in self.slos:
+            data = saved.get(slo.name)
+            if data is None:
+                continue
+            d = r.map(data, slo.name)
+            for name, ring in (("fine", slo.fine), ("coarse", slo.coarse)):
+                counts, head = _ring_parse(ring, d.get(name), r, f"{slo.name}.{name}")
+                ring.merge(counts, head)
+            window = d.get("endpoint_window")
+            path = f"{slo.name}.endpoints"
+
+            def events(
+                rows: int, window: Any = window, slo: SloState = slo, path: str = path
+            ) -> Any:
+                return slo.endpoint_window.saved_sums(window, rows, r, path)[:, 0].astype(np.int64)
+
+            remap = slo.endpoints.absorb(d.get("endpoints"), r, now, ctx.version, events)
+            slo.endpoint_window.absorb(window, remap, r, path, now)
+            slo._status = None
+        self.dirty = True
 
     def expire(self, ctx: Ctx) -> None:
         """Evaluate alerts (edge-triggered) and drop idle per-endpoint series."""
@@ -387,13 +435,20 @@ def _ring_state(ring: CountRing) -> dict[str, Any]:
     return {"counts": ring.counts.copy(), "head": ring.head}
 
 
-def _ring_load(ring: CountRing, value: Any, r: Any, path: str) -> None:
+def _ring_parse(
+    ring: CountRing, value: Any, r: Any, path: str
+) -> tuple[npt.NDArray[np.int64], int | None]:
+    """A saved ring's counts and head, checked against ``ring``'s size."""
     m = r.map(value, path)
     counts = r.array(m.get("counts"), f"{path}.counts", np.int64, (2,))
     head = m.get("head")
-    ring.head = None if head is None else r.int(head, f"{path}.head", 0, INT64_MAX)
     if len(counts) != len(ring.counts):
         raise r.fail(f"{len(counts)} slots, not {len(ring.counts)}", path)
+    return counts, None if head is None else r.int(head, f"{path}.head", 0, INT64_MAX)
+
+
+def _ring_load(ring: CountRing, value: Any, r: Any, path: str) -> None:
+    counts, ring.head = _ring_parse(ring, value, r, path)
     ring.counts[:] = counts
     ring._closed = {}
     ring._closed_head = None

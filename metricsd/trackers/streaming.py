@@ -114,6 +114,33 @@ class StreamingTracker:
 
     # --- writes ---------------------------------------------------------------------------
 
+    def apply_additive(self, batch: Batch, ctx: Ctx) -> None:
+        """What ``request`` events add (``--workers``: a worker adds it up); the stream
+        events are applied by the serving process alone (a stream's events stay together)."""
+        if batch.n and batch.type == "request":
+            self.dirty = True
+            self._requests(batch, ctx)
+
+    def apply_ordered(self, batch: Batch, ctx: Ctx) -> None:
+        """Nothing of a ``request`` batch depends on its order here."""
+
+    def absorb(self, state: Any, ctx: Ctx) -> None:
+        """Add a worker's :meth:`state` of :meth:`apply_additive` (``--workers``): series,
+        windows, buckets and totals. Its stream table (empty) is not used."""
+        from metricsd.persist import Reader
+
+        r = Reader("streaming delta")
+        m = r.map(state)
+        now, version = ctx.now, ctx.version
+        remap = self.series.absorb(m.get("series"), r, now, version, "started")
+        rings = r.map(m.get("rings"), "rings")
+        for name, ring in self.rings.items():
+            ring.absorb(rings.get(name), remap, r, f"rings.{name}", now)
+        self.ttft_buckets.absorb(m.get("ttft"), r, now, version, "b")
+        self.mix.absorb(m.get("mix"), r, now, version)
+        self.totals.update(r.counts(m.get("totals"), "totals", 64))
+        self.dirty = True
+
     def apply(self, batch: Batch, ctx: Ctx) -> list[Batch] | None:
         if batch.n == 0:
             return None

@@ -36,13 +36,14 @@ def _through_pool(engine: Engine, packed: list[bytes], workers: int) -> WorkerPo
         for frame in packed:
             push.send(frame)
         deadline = time.monotonic() + 60.0
-        while engine.frames_received < len(packed):
+        while engine.frames_received < len(packed) or not pool.idle:  # idle: deltas added up
             assert time.monotonic() < deadline, "the pool did not apply every frame in 60 s"
             pool.check()
             pool.collect(0.02)
             pool.forward(pull, 0.02)
             pull.poll(5)
-        assert pool.idle and pool.lost_frames == 0 and pool.restarts == 0
+        assert pool.lost_frames == 0 and pool.restarts == 0 and pool.bad_results == 0
+        assert pool.deltas > 0
     finally:
         pool.stop()
         push.close()
@@ -131,8 +132,12 @@ def test_a_daemon_with_workers_counts_like_one_and_restores_with_another_count(
         many.wait_for("metricsd_frames_received_total", expected, timeout=30)
         single.wait_for("metricsd_frames_received_total", expected, timeout=30)
         assert many.value("metricsd_workers") == 3.0
-        before = _counters(many)
-        assert before == _counters(single)
+        # The workers' last deltas come within engine.merge_interval (0.25 s) of the frames.
+        want = _counters(single)
+        deadline = time.monotonic() + 10
+        while (before := _counters(many)) != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert before == want
         requests = sum(v for (name, _l), v in before.items() if name == "llm_requests_total")
         assert requests == _requests(21, 1500)
     finally:
@@ -183,3 +188,56 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         assert (
             not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         )
+
+
+def _frame(model: str, rows: int) -> bytes:
+    return msgpack.packb(
+        {
+            "type": "request",
+            "const": {"model": model},
+            "cols": {"duration_ms": [5.0] * rows, "input_tokens": [1000] * rows},
+        }
+    )
+
+
+def test_a_worker_killed_before_its_delta_loses_that_and_counts_it(tmp_path: Path) -> None:
+    # A merge interval longer than the test: what the workers add up stays with them.
+    d = start_daemon(tmp_path, "--workers", "2", env={"METRICSD_ENGINE_MERGE_INTERVAL": "60"})
+    try:
+        for _ in range(6):
+            d.send_raw(_frame("m", 100))
+        # Received and applied in order by the serving process …
+        assert d.wait_for("metricsd_events_received_total", 600, type="request") == 600
+        # … but not yet added up: the workers hold that part.
+        assert d.value("llm_requests_total", endpoint="unknown", model="m", provider="unknown",
+                       status="200") == 0  # fmt: skip
+        children = Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read_text().split()
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        d.wait_for("metricsd_worker_restarts_total", 2.0, timeout=10)
+        # Every frame is either added up or counted lost: here, all six.
+        assert d.wait_for("metricsd_worker_lost_frames_total", 6.0, timeout=10) == 6.0
+        assert d.value("metricsd_events_received_total", type="request") == 600
+    finally:
+        assert d.stop() == 0
+
+
+def test_sighup_reprices_in_the_workers(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    prices = '[cost.prices.models."my-model"]\ninput = {}\noutput = 0.0\n'
+    config.write_text(prices.format(1.0))
+    d = start_daemon(tmp_path, "--workers", "2", "--config", str(config))
+    labels = {"endpoint": "unknown", "key_id": "unknown", "model": "my-model"}
+    try:
+        d.send_raw(_frame("my-model", 10))  # 10 × 1 000 input tokens at $1 per million
+        assert d.wait_for("llm_cost_usd_total", 0.01, **labels) == pytest.approx(0.01)
+        config.write_text(prices.format(3.0))
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "reloaded pricing" not in d.log_path.read_text():
+            assert time.monotonic() < deadline, "no reload in 5 s"
+            time.sleep(0.05)
+        d.send_raw(_frame("my-model", 10))  # priced by the workers at $3 per million
+        assert d.wait_for("llm_cost_usd_total", 0.04, **labels) == pytest.approx(0.04)
+    finally:
+        assert d.stop() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -38,6 +39,18 @@ def test_a_handed_off_result_applies_exactly_like_the_original(seed: int) -> Non
         assert a[name] == b[name], name
 
 
+def test_elided_events_travel_and_count_as_received() -> None:
+    decoder = Decoder(WALL)
+    decoder.add(msgpack.packb({"type": "request", "model": "m", "duration_ms": 5.0}))
+    result = decoder.finish()
+    result.elided.update({"request": 999, "usage": 3})
+    back, _frames = unpack_result(pack_result(result, 1))
+    assert back.elided == {"request": 999, "usage": 3}
+    engine = _engine()
+    engine.apply(back, NOW, WALL)
+    assert engine.events_received == {"request": 1000, "usage": 3}
+
+
 def test_rejections_and_truncations_travel() -> None:
     decoder = Decoder(WALL)
     decoder.add(b"\xc1")  # not msgpack
@@ -54,58 +67,41 @@ def test_rejections_and_truncations_travel() -> None:
     assert model == "m" * 256
 
 
+def _message(batches: list[Any], elided: Any = None) -> bytes:
+    """A handoff message: one frame, nothing rejected or truncated, these batches."""
+    return msgpack.packb([1, {}, 0, batches, {} if elided is None else elided])
+
+
+def _ext(code: int, value: Any) -> msgpack.ExtType:
+    return msgpack.ExtType(code, msgpack.packb(value))
+
+
 @pytest.mark.parametrize(
     "message",
     [
         b"",
         b"\xc1",
         msgpack.packb([1, {}, 0]),
-        msgpack.packb([1, {"x": -1}, 0, []]),
-        msgpack.packb([1, {}, 0, [["nope", 1, {}, {}]]]),
-        msgpack.packb([1, {}, 0, [["request", 2, {}, {"duration_ms": [1.0]}]]]),
-        msgpack.packb(
+        msgpack.packb([1, {}, 0, []]),  # the elided counts are missing
+        msgpack.packb([1, {"x": -1}, 0, [], {}]),
+        _message([["nope", 1, {}, {}]]),
+        _message([["request", 2, {}, {"duration_ms": [1.0]}]]),
+        _message([["request", 1, {}, {"duration_ms": _ext(1, ["|O", b""])}]]),
+        _message(
             [
-                1,
-                {},
-                0,
                 [
-                    [
-                        "request",
-                        1,
-                        {},
-                        {"duration_ms": msgpack.ExtType(1, msgpack.packb(["|O", b""]))},
-                    ]
-                ],
+                    "request",
+                    1,
+                    {},
+                    {"model": _ext(2, [_ext(1, ["<i8", np.array([3]).tobytes()]), ["a"]])},
+                ]
             ]
         ),
-        msgpack.packb(
-            [
-                1,
-                {},
-                0,
-                [
-                    [
-                        "request",
-                        1,
-                        {},
-                        {
-                            "model": msgpack.ExtType(
-                                2,
-                                msgpack.packb(
-                                    [
-                                        msgpack.ExtType(
-                                            1, msgpack.packb(["<i8", np.array([3]).tobytes()])
-                                        ),
-                                        ["a"],
-                                    ]
-                                ),
-                            )
-                        },
-                    ]
-                ],
-            ]
-        ),
-        msgpack.packb([1, {}, 0, [["request", 1, {}, {"x": msgpack.ExtType(9, b"")}]]]),
+        _message([["request", 1, {}, {"x": msgpack.ExtType(9, b"")}]]),
+        _message([], {"request": -1}),
+        _message([], {"request": 0}),
+        _message([], {"nope": 1}),
+        _message([], [1]),
     ],
 )
 def test_anything_else_is_refused(message: bytes) -> None:

@@ -493,7 +493,12 @@ def _received(http: str, event_type: str, token: str | None) -> float:
 
 
 def _through_daemon(
-    http: str, ingest: str, shape: Shape, frames: list[bytes], token: str | None
+    http: str,
+    ingest: str,
+    shape: Shape,
+    frames: list[bytes],
+    token: str | None,
+    poll: float = 0.01,
 ) -> float:
     if shape.setup is not None:
         _send(ingest, shape.setup())
@@ -504,7 +509,7 @@ def _through_daemon(
     deadline = time.monotonic() + 300
     count = before
     while count < target and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(poll)
         count = _received(http, shape.type, token)
     elapsed = time.perf_counter() - started
     if count < target:
@@ -1485,14 +1490,18 @@ def run_scaling(
     for attempt in range(repeats):
         for n in counts:
             progress(f"scaling: --workers {n} (run {attempt + 1} of {repeats})")
-            daemon = _Daemon(["--workers", str(n)], cpus=daemon_cpus)
+            # Ticks of 0.1 s: the count is published once a tick, so the tick bounds how
+            # precisely a run's end is seen (2–3 % of a run of seconds).
+            daemon = _Daemon(["--workers", str(n), "--tick", "0.1"], cpus=daemon_cpus)
             poller = _Poller(daemon.http + "/healthz", 0.05)
             try:
                 time.sleep(1.0 if n > 1 else 0.2)  # the workers start and connect
                 poller.start()
                 if sender is not None:
                     os.sched_setaffinity(0, sender)
-                rates[n].append(_through_daemon(daemon.http, daemon.ingest, shape, frames, None))
+                rates[n].append(
+                    _through_daemon(daemon.http, daemon.ingest, shape, frames, None, poll=0.05)
+                )
             finally:
                 if sender is not None:
                     os.sched_setaffinity(0, set(cpus))

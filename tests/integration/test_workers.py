@@ -138,6 +138,8 @@ def test_a_daemon_with_workers_counts_like_one_and_restores_with_another_count(
         while (before := _counters(many)) != want and time.monotonic() < deadline:
             time.sleep(0.05)
         assert before == want
+        assert many.value("metricsd_worker_merges_total") >= 1  # the counts came as deltas
+        assert many.value("metricsd_worker_lost_frames_total") == 0
         requests = sum(v for (name, _l), v in before.items() if name == "llm_requests_total")
         assert requests == _requests(21, 1500)
     finally:
@@ -211,6 +213,7 @@ def test_a_worker_killed_before_its_delta_loses_that_and_counts_it(tmp_path: Pat
         # … but not yet added up: the workers hold that part.
         assert d.value("llm_requests_total", endpoint="unknown", model="m", provider="unknown",
                        status="200") == 0  # fmt: skip
+        assert d.value("metricsd_worker_merges_total") == 0
         children = Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read_text().split()
         for pid in children:
             os.kill(int(pid), signal.SIGKILL)

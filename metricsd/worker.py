@@ -47,8 +47,10 @@ from metricsd.wiring import build_trackers
 
 __all__ = ["main"]
 
-#: How often an idle worker checks that its parent is still there.
+#: How often an idle (or blocked) worker checks that its parent is still there.
 PARENT_CHECK_SECONDS = 1.0
+#: The longest the last messages wait to be delivered at exit.
+LINGER_MS = 5000
 
 
 class Applier:
@@ -138,10 +140,25 @@ def main(argv: list[str]) -> int:
     inbox.setsockopt(zmq.RCVHWM, 4)
     inbox.connect(spec["input"])
     outbox = context.socket(zmq.PUSH)
-    outbox.setsockopt(zmq.LINGER, -1)  # a result already decoded is delivered before exit
     outbox.setsockopt(zmq.SNDHWM, 4)
+    # A send waits while the serving process is busy (that is backpressure, nothing is
+    # dropped), but not for a serving process that is gone: every second it looks.
+    outbox.setsockopt(zmq.SNDTIMEO, int(PARENT_CHECK_SECONDS * 1000))
     outbox.connect(spec["results"])
-    outbox.send_multipart([b"hello", str(spec["index"]).encode(), str(os.getpid()).encode()])
+    orphaned = False
+
+    def send(parts: list[bytes]) -> None:
+        nonlocal orphaned
+        while True:
+            try:
+                outbox.send_multipart(parts)
+                return
+            except zmq.Again:
+                if os.getppid() != parent:
+                    orphaned = True
+                    raise SystemExit(0) from None
+
+    send([b"hello", str(spec["index"]).encode(), str(os.getpid()).encode()])
     applier = (
         Applier(spec["apply"], spec.get("elide", []), spec["config"]) if spec.get("apply") else None
     )
@@ -150,15 +167,18 @@ def main(argv: list[str]) -> int:
 
     def flush() -> None:
         if applier is not None and applier.frames:
-            outbox.send_multipart([b"delta", header, *applier.delta()])
+            send([b"delta", header, *applier.delta()])
 
     try:
         while True:
-            wait = PARENT_CHECK_SECONDS if applier is None or not applier.frames else interval
+            busy = applier is not None and applier.frames > 0
+            wait = min(interval, PARENT_CHECK_SECONDS) if busy else PARENT_CHECK_SECONDS
             if not inbox.poll(int(wait * 1000)):
-                flush()
                 if os.getppid() != parent:
+                    orphaned = True
                     return 0
+                if applier is not None and busy and time.monotonic() - applier.flushed >= interval:
+                    flush()
                 continue
             message = inbox.recv_multipart()
             if len(message) < 3:  # a control message: stop (empty), flush, or reload
@@ -176,14 +196,14 @@ def main(argv: list[str]) -> int:
             result = decoder.finish()
             if applier is not None:
                 applier.apply(result, now, wall, len(message) - 2)
-            outbox.send_multipart(
-                [message[0], struct.pack("<d", wall), pack_result(result, len(message) - 2)]
-            )
+            send([message[0], struct.pack("<d", wall), pack_result(result, len(message) - 2)])
             if applier is not None and time.monotonic() - applier.flushed >= interval:
                 flush()
     finally:
         inbox.close()
-        outbox.close()
+        # What is sent is delivered before exit (the serving process is reading: it is
+        # draining), unless that process is gone.
+        outbox.close(linger=0 if orphaned or os.getppid() != parent else LINGER_MS)
         context.term()
 
 

@@ -244,3 +244,24 @@ def test_sighup_reprices_in_the_workers(tmp_path: Path) -> None:
         assert d.wait_for("llm_cost_usd_total", 0.04, **labels) == pytest.approx(0.04)
     finally:
         assert d.stop() == 0
+
+
+def test_workers_exit_when_the_serving_process_is_killed(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "--workers", "2", env={"METRICSD_ENGINE_MERGE_INTERVAL": "60"})
+    for _ in range(4):
+        d.send_raw(_frame("m", 100))
+    d.wait_for("metricsd_events_received_total", 400, type="request")
+    children = Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children").read_text().split()
+    assert len(children) == 2
+    d.proc.kill()  # no drain, no stop message: the workers hold deltas nobody will take
+    d.proc.wait(5)
+    deadline = time.monotonic() + 10
+    alive = list(children)
+    while alive and time.monotonic() < deadline:
+        alive = [
+            p
+            for p in alive
+            if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()
+        ]
+        time.sleep(0.1)
+    assert alive == [], "workers outlived the serving process by 10 s"

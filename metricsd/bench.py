@@ -1461,7 +1461,7 @@ def run_scaling(
     max_workers: int,
     shape_name: str = "emitter-mixed",
     scale: float = 1.0,
-    repeats: int = 2,
+    repeats: int = 3,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
     """Events/s of one shape through a fresh daemon per ``--workers`` value, 1 … ``max_workers``

@@ -66,9 +66,9 @@ __all__ = ["CHUNK_BYTES", "CHUNK_FRAMES", "IN_FLIGHT", "WorkerPool"]
 log = logging.getLogger("metricsd.workers")
 
 #: A chunk holds at most this many frames …
-CHUNK_FRAMES: Final = 256
+CHUNK_FRAMES: Final = 128
 #: … or about this many bytes (whichever comes first).
-CHUNK_BYTES: Final = 8 << 20
+CHUNK_BYTES: Final = 4 << 20
 #: Chunks a worker may hold at once (one decoding, the next queued).
 IN_FLIGHT: Final = 2
 #: The longest frames wait to fill a chunk while workers are busy.

@@ -332,6 +332,8 @@ class SeriesTable:
         order = np.argsort(seen, kind="stable")[::-1][: self.max_series]
         out = np.full(len(keys), -1, dtype=np.intp)
         for row in sorted(order.tolist()):
+            if keys[row] in self.index:  # restored into a table that already has it
+                raise reader.fail("a key appears twice", self.name)
             sid = self._new(keys[row], 0, now)
             out[row] = sid
             self.last_seen[sid] = seen[row]

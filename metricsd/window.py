@@ -258,25 +258,16 @@ class CounterLog:
     ) -> None:
         """Add another log's :meth:`state` (``--workers``: a worker's delta) to this one;
         ``remap`` gives this log's id of each saved row (rows may share one: a fold)."""
-        m = r.map(state, path)
-        short, long = (
-            [
-                _load_sparse(s, remap, self.fields, r, f"{path}.{ring}")
-                for s in r.list(m.get(ring), f"{path}.{ring}", 10_000)
-            ]
-            for ring in ("short", "long")
+        _absorb_rings(
+            self,
+            r.map(state, path),
+            r,
+            path,
+            now,
+            lambda raw, where: _load_sparse(raw, remap, self.fields, r, where),
+            lambda open_, s: open_.add(s.ids, s.values),
+            _sparse_sum,
         )
-        self._advance(now)
-        for slots, open_, ring in (
-            (short, self._slot, self._short),
-            (long, self._group, self._long),
-        ):
-            for s in slots:
-                if s.index >= open_.index:
-                    if s.ids.size:
-                        open_.add(s.ids, s.values)
-                else:
-                    _absorb_closed(ring, s, _sparse_sum)
 
 
 def _save_sparse(s: _Sparse, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
@@ -590,28 +581,22 @@ class HistLog:
         ``remap`` gives this log's id of each saved row (rows may share one: a fold)."""
         m = r.map(state, path)
         length = self.layout.counts_len
-        short, long = (
-            [
-                _load_hist(s, remap, length, r, f"{path}.{ring}", seal=False)
-                for s in r.list(m.get(ring), f"{path}.{ring}", 10_000)
-            ]
-            for ring in ("short", "long")
-        )
         self.clamped += r.int(m.get("clamped"), f"{path}.clamped", 0)
-        self._advance(now)
-        for slots, open_, ring in (
-            (short, self._slot, self._short),
-            (long, self._group, self._long),
-        ):
-            for s in slots:
-                if s.index >= open_.index:
-                    if s.ids.size:
-                        keys, counts = _compact([s.entries()], unique=False)
-                        open_.add(
-                            HistEntries(keys, counts, s.ids, s.count, s.total, s.lo, s.hi), length
-                        )
-                else:
-                    _absorb_closed(ring, s, _hist_sum)
+
+        def add_open(open_: _OpenHist, s: _HistSlot) -> None:
+            keys, counts = _compact([s.entries()], unique=False)  # folded rows: one key each
+            open_.add(HistEntries(keys, counts, s.ids, s.count, s.total, s.lo, s.hi), length)
+
+        _absorb_rings(
+            self,
+            m,
+            r,
+            path,
+            now,
+            lambda raw, where: _load_hist(raw, remap, length, r, where, seal=False),
+            add_open,
+            _hist_sum,
+        )
 
 
 def _save_hist(s: _HistSlot, keep: npt.NDArray[np.intp]) -> dict[str, Any]:
@@ -678,6 +663,34 @@ def _load_hist(
         hi[fine],
     )
     return slot.sealed() if seal else slot
+
+
+def _absorb_rings(
+    log: Any,
+    m: dict[str, Any],
+    r: Any,
+    path: str,
+    now: float,
+    load: Callable[[Any, str], Any],
+    add_open: Callable[[Any, Any], None],
+    combine: Callable[[list[Any]], Any],
+) -> None:
+    """Merge another log's saved rings into ``log``'s (a :class:`CounterLog` or
+    :class:`HistLog`): every slot is read and checked first, then a slot of the open one is
+    added to it and a closed one goes into the ring (:func:`_absorb_closed`)."""
+    loaded = [
+        [load(raw, f"{path}.{name}") for raw in r.list(m.get(name), f"{path}.{name}", 10_000)]
+        for name in ("short", "long")
+    ]
+    log._advance(now)
+    for slots, open_, ring in zip(
+        loaded, (log._slot, log._group), (log._short, log._long), strict=True
+    ):
+        for s in slots:
+            if s.index < open_.index:
+                _absorb_closed(ring, s, combine)
+            elif s.ids.size:
+                add_open(open_, s)
 
 
 def _absorb_closed(ring: deque[Any], s: Any, combine: Callable[[list[Any]], Any]) -> None:

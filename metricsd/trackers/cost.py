@@ -18,7 +18,7 @@ here reads a clock: ``now`` (monotonic) and ``wall`` (Unix) are arguments.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
@@ -188,21 +188,14 @@ class CostTracker:
             touched.add(key)
         self.keys_overflowed += r.int(m.get("keys_overflowed"), "keys_overflowed", 0)
         for model, count in r.counts(m.get("unpriced"), "unpriced", 1001).items():
-            name = model if model in self.unpriced or len(self.unpriced) < 1000 else OVERFLOW
-            self.unpriced[name] = self.unpriced.get(name, 0) + count
+            self._unpriced(model, count)
         self.clamped += r.int(m.get("clamped"), "clamped", 0)
         savings = r.map(m.get("cache_savings"), "cache_savings")
         for model, values in savings.items():
             items = [r.int(v, "cache_savings") for v in r.list(values, "cache_savings", 4)]
             if len(items) != 4:
                 raise r.fail("not four amounts", "cache_savings")
-            saved = self.cache_savings
-            name = (
-                model if model in saved or len(saved) < self.config.limits.max_series else OVERFLOW
-            )
-            entry = saved.setdefault(name, [0, 0, 0, 0])
-            for i, v in enumerate(items):
-                entry[i] += v
+            self._savings(model, items)
         batch = r.list(m.get("batch_savings"), "batch_savings", 3)
         if len(batch) != 3:
             raise r.fail("not three amounts", "batch_savings")
@@ -244,18 +237,10 @@ class CostTracker:
         key, state = self._key(key)
         state.add(model, endpoint, total, count, tokens, hour, day)
         if g.unpriced:
-            name = model if model in self.unpriced or len(self.unpriced) < 1000 else OVERFLOW
-            self.unpriced[name] = self.unpriced.get(name, 0) + g.unpriced
+            self._unpriced(model, g.unpriced)
         self.clamped += g.clamped
         if g.cached_tokens or g.write_premium:
-            saved = self.cache_savings
-            name = (
-                model if model in saved or len(saved) < self.config.limits.max_series else OVERFLOW
-            )
-            entry = saved.setdefault(name, [0, 0, 0, 0])
-            parts = (g.cached_tokens, g.cache_regular, g.cache_cost, g.write_premium)
-            for i, v in enumerate(parts):
-                entry[i] += v
+            self._savings(model, (g.cached_tokens, g.cache_regular, g.cache_cost, g.write_premium))
         if g.batch_requests:
             for i, v in enumerate((g.batch_requests, g.batch_regular, g.batch_billed)):
                 self.batch_savings[i] += v
@@ -264,6 +249,19 @@ class CostTracker:
         self.suggest_due.add(key)
         self._changed.add(key)
         return key
+
+    def _unpriced(self, model: str, count: int) -> None:
+        """Requests of a model with no price (at most 1 000 models, then ``__overflow__``)."""
+        name = model if model in self.unpriced or len(self.unpriced) < 1000 else OVERFLOW
+        self.unpriced[name] = self.unpriced.get(name, 0) + count
+
+    def _savings(self, model: str, parts: Sequence[int]) -> None:
+        """Add [cached tokens, their regular cost, their cost, write premium] of a model."""
+        saved = self.cache_savings
+        name = model if model in saved or len(saved) < self.config.limits.max_series else OVERFLOW
+        entry = saved.setdefault(name, [0, 0, 0, 0])
+        for i, v in enumerate(parts):
+            entry[i] += v
 
     def _hist(self, model: str, priced: Any, total: int, count: int, ctx: Ctx) -> None:
         """The per-model cost histogram (pUSD values; beyond int64: past every bound)."""

@@ -398,8 +398,6 @@ class SloTracker:
         }
 
     def restore(self, state: Any, now: float) -> None:
-        from metricsd.persist import Reader
-
         r = Reader("slo")
         m = r.map(state)
         self.start = r.float(m.get("start"), "start")

@@ -59,7 +59,8 @@ def main() -> None:
 @click.option(
     "--workers",
     "workers",
-    help="Decode processes: a count, or 'auto' for one per core (default 1: no extra process).",
+    help="Worker processes that decode and add up counters and histograms: a count, or 'auto' "
+    "for one per core (default 1: no extra process).",
 )
 def serve(
     config_path: str | None,

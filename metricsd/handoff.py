@@ -1,7 +1,9 @@
-"""Decoded batches between processes: what a decode worker hands the engine (``--workers``).
+"""Decoded batches between processes: what a worker hands the engine (``--workers``).
 
 A worker decodes and validates frames (:class:`metricsd.decode.Decoder`) and sends the
-:class:`~metricsd.decode.DecodeResult` to the serving process, which applies it. The encoding is
+:class:`~metricsd.decode.DecodeResult` to the serving process, which applies what is left of it
+(the rows the worker did not apply in full, plus the count of those it did: ``elided``). The
+encoding is
 msgpack with two extension types, so numeric columns travel as their raw bytes (no per-value
 work on either side) and label columns as codes plus their distinct values:
 

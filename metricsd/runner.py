@@ -56,7 +56,7 @@ class EngineThread:
     ) -> None:
         self.engine = engine
         self.ingest = ingest
-        #: Decode worker processes (``--workers N``), or None to decode on this thread.
+        #: Worker processes (``--workers N``), or None to decode and apply on this thread.
         self.pool = pool
         self.clock = clock
         self.tick_interval = tick
@@ -192,7 +192,7 @@ class EngineThread:
             try:
                 self.pool.check()
             except Exception:
-                log.exception("error checking the decode workers")
+                log.exception("error checking the workers")
         try:
             snap = self.engine.snapshot(
                 self.clock(), time.time(), self.extra() if self.extra else None

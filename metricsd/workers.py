@@ -219,7 +219,7 @@ class WorkerPool:
             self.restarts += 1
             code = proc.returncode if proc is not None else None
             log.error(
-                "decode worker %d %s; restarting it (%d frames it held are lost)",
+                "worker %d %s; restarting it (%d frames it held are lost)",
                 worker.index,
                 f"exited with status {code}" if dead else "did not start",
                 frames,
@@ -402,7 +402,7 @@ class WorkerPool:
             self.bad_results += 1
             self.lost_frames += frames
             self._done[seq] = None
-            log.error("a decode worker sent an unreadable result (%s): %d frames lost", exc, frames)
+            log.error("a worker sent an unreadable result (%s): %d frames lost", exc, frames)
             return
         (wall,) = struct.unpack("<d", message[1])
         self._done[seq] = (result, frames, wall)

@@ -375,7 +375,7 @@ class Reader:
             return arr.reshape(shape)
         kind = m.get("dtype")
         data = m.get("data")
-        if kind not in _DTYPES or not isinstance(data, bytes):
+        if not isinstance(kind, str) or kind not in _DTYPES or not isinstance(data, bytes):
             raise self.fail("not a numeric array", path)
         dt = np.dtype(kind)
         if len(data) != size * dt.itemsize:

@@ -432,6 +432,11 @@ class WorkerPool:
             self.lost_frames += frames
             log.error("a worker sent an unreadable delta (%s): %d frames lost", exc, frames)
             return
+        except Exception:  # a bug: still counted, and the engine thread goes on
+            self.bad_results += 1
+            self.lost_frames += frames
+            log.exception("a worker's delta could not be added: %d frames lost", frames)
+            return
         finally:
             self.merge_seconds += time.perf_counter() - started
         self.deltas += 1

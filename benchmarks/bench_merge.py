@@ -30,7 +30,7 @@ from metricsd.decode import Decoder
 from metricsd.persist import unpack_state
 from metricsd.wiring import build_engine
 from metricsd.worker import Applier
-from metricsd.workers import _SECTIONS, REMOTE
+from metricsd.workers import REMOTE, worker_sections
 
 
 def _frame(rng: np.random.Generator, series: int, rows: int) -> bytes:
@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args(argv)
     config = load_config(environ={"METRICSD_LIMITS_MAX_SERIES": "20000"})
-    data = config.to_dict()
     names = {name: sorted(types) for name, types in REMOTE.items()}
     print(f"{args.rows:,} request events per delta")
     print(f"{'series':>7} {'worker ms':>10} {'serving ms':>11} {'serving µs/series':>18} "
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.time()
         serving = build_engine(config, 0.0, wall)
         serving.remote = dict(REMOTE)
-        applier = Applier(names, ["request"], {s: data[s] for s in _SECTIONS})
+        applier = Applier(names, ["request"], worker_sections(config))
         best = {"apply": float("inf"), "worker": float("inf"), "serving": float("inf")}
         for rep in range(args.reps + 1):  # the first fills the serving engine's series
             decoder = Decoder(wall, serving.limits)

@@ -243,15 +243,20 @@ class CounterLog:
             for s in r.list(m.get("long"), f"{path}.long", 10_000)
         )
 
-    def saved_sums(self, state: Any, rows: int, r: Any, path: str) -> FloatArray:
-        """Per saved row, the sums of every field over a saved :meth:`state`'s short ring
-        (all a worker's delta holds: it spans less than that ring)."""
-        m = r.map(state, path)
-        out = np.zeros((rows, self.fields), dtype=np.float64)
-        for raw in r.list(m.get("short"), f"{path}.short", 10_000):
-            s = _load_sparse(raw, np.arange(rows, dtype=np.intp), self.fields, r, f"{path}.short")
-            np.add.at(out, s.ids, s.values)
-        return out
+    def saved_counts(self, state: Any, r: Any, path: str, field: int = 0) -> Any:
+        """For :meth:`SeriesTable.absorb`: the events behind each saved row, as the sum of
+        ``field`` over this log's saved ``state``'s short ring (all a worker's delta holds: it
+        spans less than that ring)."""
+
+        def counts(rows: int) -> IntArray:
+            m = r.map(state, path)
+            out = np.zeros(rows, dtype=np.float64)
+            for raw in r.list(m.get("short"), f"{path}.short", 10_000):
+                s = _load_sparse(raw, np.arange(rows, dtype=np.intp), self.fields, r, path)
+                np.add.at(out, s.ids, s.values[:, field])
+            return out.astype(np.int64)
+
+        return counts
 
     def absorb(
         self, state: Any, remap: npt.NDArray[np.intp], r: Any, path: str, now: float

@@ -61,7 +61,7 @@ from metricsd.persist import Reader, StateError, unpack_state
 from metricsd.schema import EVENT_TYPES
 from metricsd.validate import Limits
 
-__all__ = ["CHUNK_BYTES", "CHUNK_FRAMES", "IN_FLIGHT", "WorkerPool"]
+__all__ = ["CHUNK_BYTES", "CHUNK_FRAMES", "IN_FLIGHT", "REMOTE", "WorkerPool", "worker_sections"]
 
 log = logging.getLogger("metricsd.workers")
 
@@ -88,6 +88,12 @@ REMOTE: Final = {
 }
 #: The config sections those trackers read.
 _SECTIONS: Final = ("engine", "limits", "prometheus", "providers", "streaming", "slo", "cost")
+
+
+def worker_sections(config: Config) -> dict[str, Any]:
+    """The config sections a worker's trackers read, as plain data (what its spec carries)."""
+    data = config.to_dict()
+    return {section: data[section] for section in _SECTIONS}
 
 
 @dataclasses.dataclass(slots=True)
@@ -147,8 +153,7 @@ class WorkerPool:
         #: What the workers apply (see REMOTE), limited to the trackers the engine has.
         names = {t.name for t in engine.trackers}
         self.remote = {name: types for name, types in REMOTE.items() if name in names}
-        config = engine.config.to_dict()
-        self._config = {section: config[section] for section in _SECTIONS}
+        self._config = worker_sections(engine.config)
         #: Types every tracker of the engine applies remotely: a worker sends back only the
         #: rows of their batches that the ordered parts read.
         self.elide = sorted(
@@ -241,8 +246,7 @@ class WorkerPool:
     def reload(self, config: Config) -> None:
         """SIGHUP (on the engine thread, after the engine's own reload): every worker sends
         what it added up with the old prices and SLOs, then takes the new ones."""
-        data = config.to_dict()
-        self._config = {section: data[section] for section in _SECTIONS}
+        self._config = worker_sections(config)
         self._control([b"reload", json.dumps(self._config).encode()])
 
     def flush(self) -> None:
@@ -427,15 +431,13 @@ class WorkerPool:
             state = Reader("delta").map(unpack_state(message[3]))
             for name, value in state.items():
                 self.engine.absorb(name, value, now, wall)
-        except (StateError, ValueError) as exc:
+        except Exception as exc:  # unreadable, or a bug: counted, and the engine thread goes on
             self.bad_results += 1
             self.lost_frames += frames
-            log.error("a worker sent an unreadable delta (%s): %d frames lost", exc, frames)
-            return
-        except Exception:  # a bug: still counted, and the engine thread goes on
-            self.bad_results += 1
-            self.lost_frames += frames
-            log.exception("a worker's delta could not be added: %d frames lost", frames)
+            if isinstance(exc, (StateError, ValueError)):
+                log.error("a worker sent an unreadable delta (%s): %d frames lost", exc, frames)
+            else:
+                log.exception("a worker's delta could not be added: %d frames lost", frames)
             return
         finally:
             self.merge_seconds += time.perf_counter() - started

@@ -359,10 +359,8 @@ class RequestTracker:
         m = r.map(state)
         now, version = ctx.now, ctx.version
         window = m.get("window")
-
-        def events(rows: int) -> Any:  # the requests field: every outcome event
-            return self.window.saved_sums(window, rows, r, "window")[:, 0].astype(np.int64)
-
+        # Events behind a series: its requests field (every outcome).
+        events = self.window.saved_counts(window, r, "window")
         remap = self.series.absorb(m.get("series"), r, now, version, events)
         self.window.absorb(window, remap, r, "window", now)
         self.latency.absorb(m.get("latency"), remap, r, "latency", now)

@@ -341,12 +341,7 @@ class SloTracker:
                 ring.merge(counts, head)
             window = d.get("endpoint_window")
             path = f"{slo.name}.endpoints"
-
-            def events(
-                rows: int, window: Any = window, slo: SloState = slo, path: str = path
-            ) -> Any:
-                return slo.endpoint_window.saved_sums(window, rows, r, path)[:, 0].astype(np.int64)
-
+            events = slo.endpoint_window.saved_counts(window, r, path)  # outcomes per endpoint
             remap = slo.endpoints.absorb(d.get("endpoints"), r, now, ctx.version, events)
             slo.endpoint_window.absorb(window, remap, r, path, now)
             slo._status = None

@@ -23,7 +23,7 @@ from metricsd.decode import Decoder
 from metricsd.persist import StateError, unpack_state
 from metricsd.wiring import build_engine
 from metricsd.worker import Applier
-from metricsd.workers import _SECTIONS, REMOTE
+from metricsd.workers import REMOTE, worker_sections
 from tests.unit.test_differential import frames, traffic
 
 JUNK: list[Any] = [
@@ -45,11 +45,10 @@ JUNK: list[Any] = [
 
 def _delta() -> dict[str, Any]:
     config = load_config(environ={})
-    data = config.to_dict()
     applier = Applier(
         {name: sorted(types) for name, types in REMOTE.items()},
         ["request", "error", "cache", "usage"],
-        {section: data[section] for section in _SECTIONS},
+        worker_sections(config),
     )
     wall = time.time()
     events = traffic(3)
